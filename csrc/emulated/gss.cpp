@@ -1,0 +1,3 @@
+// The CUDA kernels of csrc/cuda/gss.cu, compiled for the host (gemini_ops.emulated).
+#define GEMINI_EMULATE 1
+#include "../cuda/gss.cu"

@@ -1,0 +1,106 @@
+// Torch-free arguments of the kernel launchers, and the launcher interface
+// that each backend (CPU loops, CUDA kernels, emulated CUDA kernels) provides.
+#pragma once
+
+#include <cstdint>
+
+namespace gemini {
+
+// Accumulation type: float for half types (specialised in half_traits.h).
+template <typename T>
+struct Acc {
+  using type = T;
+};
+template <typename T>
+using acc_t = typename Acc<T>::type;
+
+struct Geometry {
+  int64_t batch;
+  int64_t channels;
+  int ndim;          // 2 or 3
+  int64_t size[3];   // spatial sizes in tensor order; the first ndim are used
+  int64_t nvox() const {
+    int64_t n = 1;
+    for (int k = 0; k < ndim; ++k) n *= size[k];
+    return n;
+  }
+};
+
+template <typename T>
+struct WarpArgs {
+  Geometry geo;              // channels: of image
+  int mode = 0, padding = 0;
+  const T* image = nullptr;  // (B, C, *S)
+  const T* ddf = nullptr;    // (B, ndim, *S)
+  // forward: out = base + warp(image, ddf); base may be null (a squaring
+  // step passes the field itself)
+  const T* base = nullptr;
+  T* out = nullptr;
+  // backward: grad_ddf = grad_ddf_base + d/d ddf (written first, may be null),
+  // then grad_image += scatter (accumulated, may be null); the two may alias
+  const T* grad = nullptr;
+  acc_t<T>* grad_image = nullptr;
+  T* grad_ddf = nullptr;
+  const T* grad_ddf_base = nullptr;
+  int num_threads = 1;       // CPU backends
+};
+
+template <typename T>
+struct GssArgs {
+  Geometry geo;              // channels: of the features
+  double eps = 1e-8;
+  const T* moving = nullptr;  // (B, C, *S)
+  const T* fixed = nullptr;   // (B, C, *S)
+  const T* ddf = nullptr;     // (B, ndim, *S)
+  T* cos = nullptr;           // forward (B, 1, *S)
+  T* mask = nullptr;          // forward (B, 1, *S)
+  const T* grad = nullptr;    // backward: d loss / d cos (B, 1, *S)
+  double scale_moving = 1, scale_fixed = 1, scale_ddf = 1;
+  acc_t<T>* grad_moving = nullptr;  // accumulated (scatter), may be null
+  T* grad_fixed = nullptr;          // written, may be null
+  T* grad_ddf = nullptr;            // written, may be null
+  acc_t<T>* scratch = nullptr;      // CPU backward: 3 values per voxel
+  int num_threads = 1;
+};
+
+template <typename T>
+struct NccArgs {
+  Geometry geo;
+  int window = 9;
+  bool squared = true;
+  double eps = 1e-5;
+  const T* a = nullptr;       // (B, C, *S)
+  const T* b = nullptr;
+  T* out = nullptr;           // forward (B, C, *S)
+  const T* grad = nullptr;    // backward
+  T* grad_a = nullptr;        // may be null
+  T* grad_b = nullptr;        // may be null
+  acc_t<T>* buf0 = nullptr;   // scratch, 5 * B * C * nvox each
+  acc_t<T>* buf1 = nullptr;
+  int num_threads = 1;
+};
+
+// Each backend defines these static members (stream: a cudaStream_t, or null).
+#define GEMINI_DECLARE_BACKEND(NAME)                                   \
+  struct NAME {                                                        \
+    template <typename T>                                              \
+    static void warp_forward(const WarpArgs<T>& args, void* stream);   \
+    template <typename T>                                              \
+    static void warp_backward(const WarpArgs<T>& args, void* stream);  \
+    template <typename T>                                              \
+    static void gss_forward(const GssArgs<T>& args, void* stream);     \
+    template <typename T>                                              \
+    static void gss_backward(const GssArgs<T>& args, void* stream);    \
+    template <typename T>                                              \
+    static void ncc_forward(const NccArgs<T>& args, void* stream);     \
+    template <typename T>                                              \
+    static void ncc_backward(const NccArgs<T>& args, void* stream);    \
+  };
+
+GEMINI_DECLARE_BACKEND(CpuBackend)
+GEMINI_DECLARE_BACKEND(CudaBackend)
+GEMINI_DECLARE_BACKEND(EmulatedBackend)
+
+#undef GEMINI_DECLARE_BACKEND
+
+}  // namespace gemini

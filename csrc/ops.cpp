@@ -1,0 +1,40 @@
+// Op schemas of both namespaces, and the CPU kernels of torch.ops.gemini.
+#include "ops_impl.h"
+
+namespace gemini {
+
+void define_schemas(torch::Library& m) {
+  m.def("warp(Tensor image, Tensor ddf, str mode, str padding_mode) -> Tensor");
+  m.def(
+      "warp_backward(Tensor grad, Tensor image, Tensor ddf, str mode, str padding_mode, bool image_grad, "
+      "bool ddf_grad) -> (Tensor, Tensor)");
+  m.def("integrate_velocity(Tensor velocity, int steps, str padding_mode) -> Tensor");
+  m.def("integrate_velocity_backward(Tensor grad, Tensor velocity, int steps, str padding_mode) -> Tensor");
+  m.def(
+      "gss(Tensor feat_moving, Tensor feat_fixed, Tensor ddf, float eps, float scale_moving, float scale_fixed, "
+      "float scale_ddf) -> (Tensor, Tensor)");
+  m.def(
+      "gss_backward(Tensor grad, Tensor feat_moving, Tensor feat_fixed, Tensor ddf, float eps, float scale_moving, "
+      "float scale_fixed, float scale_ddf) -> (Tensor, Tensor, Tensor)");
+  m.def("local_ncc(Tensor a, Tensor b, int window, bool squared, float eps) -> Tensor");
+  m.def(
+      "local_ncc_backward(Tensor grad, Tensor a, Tensor b, int window, bool squared, float eps, bool a_grad, "
+      "bool b_grad) -> (Tensor, Tensor)");
+}
+
+}  // namespace gemini
+
+TORCH_LIBRARY(gemini, m) {
+  gemini::define_schemas(m);
+  m.def("compiled_with_cuda() -> bool", []() {
+#ifdef GEMINI_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+}
+
+TORCH_LIBRARY(gemini_emulated, m) { gemini::define_schemas(m); }
+
+TORCH_LIBRARY_IMPL(gemini, CPU, m) { gemini::Ops<gemini::CpuBackend, gemini::HostPolicy>::register_impls(m); }

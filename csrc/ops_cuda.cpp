@@ -1,0 +1,31 @@
+// CUDA kernels of torch.ops.gemini: the torch glue on the current stream.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "gemini/half_traits.h"
+#include "ops_impl.h"
+
+namespace gemini {
+
+template <>
+struct KernelType<at::Half> {
+  using type = __half;
+};
+template <>
+struct KernelType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+struct CudaPolicy {
+  struct Guard {
+    explicit Guard(const at::Tensor& t) : guard(t.device()) {}
+    c10::cuda::CUDAGuard guard;
+  };
+  static void* stream(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+  static constexpr bool kHalfTypes = true;
+  static constexpr bool kCpuScratch = false;
+};
+
+}  // namespace gemini
+
+TORCH_LIBRARY_IMPL(gemini, CUDA, m) { gemini::Ops<gemini::CudaBackend, gemini::CudaPolicy>::register_impls(m); }

@@ -1,0 +1,437 @@
+// The torch side of every op, written once and instantiated per backend:
+// argument checks, output allocation, dtype dispatch, and the host loops of
+// velocity integration (forward, and a checkpointed backward).
+//
+// Policy provides: Guard (device guard from a tensor), stream(tensor),
+// kHalfTypes (dispatch half types too), kCpuScratch (the CPU GSS backward's
+// coefficient buffer).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "gemini/params.h"
+#include "gemini/voxel_math.h"
+
+namespace gemini {
+
+// Kernel-side type of a torch scalar type; the CUDA glue maps the half types.
+template <typename T>
+struct KernelType {
+  using type = T;
+};
+
+inline int parse_mode(c10::string_view mode) {
+  if (mode == "bilinear") return kBilinear;
+  if (mode == "nearest") return kNearest;
+  TORCH_CHECK(false, "gemini: mode must be 'bilinear' or 'nearest', got '", std::string(mode), "'");
+}
+
+inline int parse_padding(c10::string_view padding) {
+  if (padding == "zeros") return kZeros;
+  if (padding == "border") return kBorder;
+  TORCH_CHECK(false, "gemini: padding_mode must be 'zeros' or 'border', got '", std::string(padding), "'");
+}
+
+inline Geometry geometry_of(const at::Tensor& t) {
+  Geometry g{};
+  g.batch = t.size(0);
+  g.channels = t.size(1);
+  g.ndim = static_cast<int>(t.dim()) - 2;
+  for (int k = 0; k < g.ndim; ++k) g.size[k] = t.size(k + 2);
+  return g;
+}
+
+inline void check_volume(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4 || t.dim() == 5, "gemini: ", name, " must be (B, C, H, W) or (B, C, D, H, W), got ",
+              t.sizes());
+  TORCH_CHECK(t.numel() > 0, "gemini: ", name, " is empty: ", t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "gemini: ", name, " must be floating point, got ",
+              t.scalar_type());
+}
+
+inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK(t.device() == ref.device(), "gemini: ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+              ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "gemini: ", name, " has dtype ", t.scalar_type(), " but ",
+              ref_name, " has ", ref.scalar_type());
+}
+
+inline void check_field(const at::Tensor& field, const char* name, const at::Tensor& ref, const char* ref_name) {
+  check_volume(field, name);
+  check_like(field, name, ref, ref_name);
+  bool ok = field.dim() == ref.dim() && field.size(0) == ref.size(0) && field.size(1) == ref.dim() - 2;
+  for (int64_t k = 2; ok && k < ref.dim(); ++k) ok = field.size(k) == ref.size(k);
+  TORCH_CHECK(ok, "gemini: ", name, " must be (B, ndim, *spatial) matching ", ref_name, " ", ref.sizes(), ", got ",
+              field.sizes());
+}
+
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+template <typename T>
+const T* cptr(const at::Tensor& t) {
+  return t.defined() && t.numel() ? reinterpret_cast<const T*>(t.data_ptr()) : nullptr;
+}
+template <typename T>
+T* mptr(const at::Tensor& t) {
+  return t.defined() && t.numel() ? reinterpret_cast<T*>(t.data_ptr()) : nullptr;
+}
+
+template <class Backend, class Policy>
+struct Ops {
+  // f(tag) with tag a value of the kernel-side type of t
+  template <typename F>
+  static void dispatch(at::ScalarType t, F&& f) {
+    if constexpr (Policy::kHalfTypes) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "gemini",
+                                      [&] { f(typename KernelType<scalar_t>::type{}); });
+    } else {
+      AT_DISPATCH_FLOATING_TYPES(t, "gemini", [&] { f(typename KernelType<scalar_t>::type{}); });
+    }
+  }
+
+  static at::Tensor empty_result(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+  template <typename K>
+  static WarpArgs<K> warp_args(const at::Tensor& image, const at::Tensor& ddf, int mode, int padding) {
+    WarpArgs<K> a;
+    a.geo = geometry_of(image);
+    a.mode = mode;
+    a.padding = padding;
+    a.image = cptr<K>(image);
+    a.ddf = cptr<K>(ddf);
+    a.num_threads = at::get_num_threads();
+    return a;
+  }
+
+  static at::Tensor warp(const at::Tensor& image_, const at::Tensor& ddf_, c10::string_view mode,
+                         c10::string_view padding) {
+    check_volume(image_, "image");
+    check_field(ddf_, "ddf", image_, "image");
+    typename Policy::Guard guard(image_);
+    const at::Tensor image = image_.contiguous(), ddf = ddf_.contiguous();
+    at::Tensor out = at::empty_like(image);
+    const int m = parse_mode(mode), p = parse_padding(padding);
+    dispatch(image.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      WarpArgs<K> a = warp_args<K>(image, ddf, m, p);
+      a.out = mptr<K>(out);
+      Backend::warp_forward(a, Policy::stream(image));
+    });
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> warp_backward(const at::Tensor& grad_, const at::Tensor& image_,
+                                                          const at::Tensor& ddf_, c10::string_view mode,
+                                                          c10::string_view padding, bool image_grad,
+                                                          bool ddf_grad) {
+    check_volume(image_, "image");
+    check_field(ddf_, "ddf", image_, "image");
+    check_like(grad_, "grad", image_, "image");
+    TORCH_CHECK(grad_.sizes() == image_.sizes(), "gemini: grad must have the image's shape ", image_.sizes(),
+                ", got ", grad_.sizes());
+    typename Policy::Guard guard(image_);
+    const at::Tensor image = image_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
+    const at::ScalarType acc = acc_dtype(image.scalar_type());
+    at::Tensor gi = image_grad ? at::zeros(image.sizes(), image.options().dtype(acc)) : empty_result(image);
+    at::Tensor gd = ddf_grad ? at::empty_like(ddf) : empty_result(ddf);
+    const int m = parse_mode(mode), p = parse_padding(padding);
+    if (image_grad || ddf_grad) {
+      dispatch(image.scalar_type(), [&](auto tag) {
+        using K = decltype(tag);
+        WarpArgs<K> a = warp_args<K>(image, ddf, m, p);
+        a.grad = cptr<K>(grad);
+        a.grad_image = mptr<acc_t<K>>(gi);
+        a.grad_ddf = mptr<K>(gd);
+        Backend::warp_backward(a, Policy::stream(image));
+      });
+    }
+    if (image_grad && gi.scalar_type() != image.scalar_type()) gi = gi.to(image.scalar_type());
+    return {gi, gd};
+  }
+
+  // ---- scaling and squaring: u <- u + u o (id + u) ----
+
+  // One squaring step from u into out (both contiguous, the working dtype).
+  static void square(const at::Tensor& u, at::Tensor& out, int padding) {
+    dispatch(u.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      WarpArgs<K> a = warp_args<K>(u, u, kBilinear, padding);
+      a.base = cptr<K>(u);
+      a.out = mptr<K>(out);
+      Backend::warp_forward(a, Policy::stream(u));
+    });
+  }
+
+  // d loss / d u of one squaring step: g + g . d(u o (id + u))/du, into out.
+  static void square_backward(const at::Tensor& g, const at::Tensor& u, at::Tensor& out, int padding) {
+    dispatch(u.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      WarpArgs<K> a = warp_args<K>(u, u, kBilinear, padding);
+      a.grad = cptr<K>(g);
+      a.grad_ddf_base = cptr<K>(g);
+      a.grad_ddf = mptr<K>(out);
+      // the working dtype is its own accumulation type (half types work in float)
+      a.grad_image = reinterpret_cast<acc_t<K>*>(mptr<K>(out));
+      Backend::warp_backward(a, Policy::stream(u));
+    });
+  }
+
+  static at::Tensor integrate_velocity(const at::Tensor& velocity, int64_t steps, c10::string_view padding) {
+    check_field(velocity, "velocity", velocity, "velocity");
+    TORCH_CHECK(steps >= 0, "gemini: steps must be >= 0, got ", steps);
+    const int p = parse_padding(padding);
+    typename Policy::Guard guard(velocity);
+    if (steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
+    const at::ScalarType work = acc_dtype(velocity.scalar_type());
+    at::Tensor u = velocity.to(work).contiguous().mul(std::ldexp(1.0, -static_cast<int>(steps)));
+    at::Tensor next = at::empty_like(u);
+    for (int64_t k = 0; k < steps; ++k) {
+      square(u, next, p);
+      std::swap(u, next);
+    }
+    return u.to(velocity.scalar_type());
+  }
+
+  // Keeps only every L-th field (L ~ sqrt(steps)) from a first recomputation,
+  // then recomputes each segment of L fields from its checkpoint while going
+  // backwards: ~2 sqrt(steps) fields alive instead of steps.
+  static at::Tensor integrate_velocity_backward(const at::Tensor& grad, const at::Tensor& velocity, int64_t steps,
+                                                c10::string_view padding) {
+    check_field(velocity, "velocity", velocity, "velocity");
+    check_like(grad, "grad", velocity, "velocity");
+    TORCH_CHECK(grad.sizes() == velocity.sizes(), "gemini: grad must have the velocity's shape ",
+                velocity.sizes(), ", got ", grad.sizes());
+    TORCH_CHECK(steps >= 0, "gemini: steps must be >= 0, got ", steps);
+    const int p = parse_padding(padding);
+    typename Policy::Guard guard(velocity);
+    if (steps == 0) return grad.clone(at::MemoryFormat::Contiguous);
+    const at::ScalarType work = acc_dtype(velocity.scalar_type());
+    const double scale = std::ldexp(1.0, -static_cast<int>(steps));
+    const int64_t seg = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(steps))));
+    const int64_t nseg = (steps + seg - 1) / seg;
+    const at::Tensor v = velocity.to(work).contiguous();
+
+    // checkpoints at levels seg, 2 seg, ...; level 0 is v * scale, recomputed
+    std::vector<at::Tensor> ckpt(nseg);
+    std::vector<at::Tensor> work_bufs(std::max<int64_t>(seg - 1, 2));
+    for (auto& b : work_bufs) b = at::empty_like(v);
+    at::Tensor spare = nseg > 1 ? at::Tensor() : at::empty_like(v);  // level 0 of the first segment
+    at::Tensor cur = work_bufs[0];
+    at::mul_out(cur, v, scale);
+    for (int64_t k = 0; k < (nseg - 1) * seg; ++k) {
+      const bool keep = (k + 1) % seg == 0;
+      at::Tensor dst = keep ? at::empty_like(v) : work_bufs[cur.is_same(work_bufs[0]) ? work_bufs.size() - 1 : 0];
+      square(cur, dst, p);
+      if (keep) ckpt[(k + 1) / seg] = dst;
+      cur = dst;
+    }
+
+    at::Tensor g = grad.to(work).contiguous();  // never written: it may be autograd's
+    at::Tensor gbuf[2] = {at::empty_like(v), at::empty_like(v)};
+    int w = 0;
+    std::vector<at::Tensor> level(seg);
+    for (int64_t s = nseg - 1; s >= 0; --s) {
+      const int64_t first = s * seg, count = std::min(seg, steps - first);
+      if (s == 0) {
+        level[0] = spare;
+        at::mul_out(level[0], v, scale);
+      } else {
+        level[0] = ckpt[s];
+      }
+      for (int64_t j = 1; j < count; ++j) {
+        level[j] = work_bufs[j - 1];
+        square(level[j - 1], level[j], p);
+      }
+      for (int64_t j = count - 1; j >= 0; --j) {
+        square_backward(g, level[j], gbuf[w], p);
+        g = gbuf[w];
+        w ^= 1;
+      }
+      if (s == 1) spare = ckpt[1];  // its memory serves as level 0 next
+      ckpt[s] = at::Tensor();
+    }
+    g.mul_(scale);
+    return g.to(velocity.scalar_type());
+  }
+
+  // ---- GSS ----
+
+  template <typename K>
+  static GssArgs<K> gss_args(const at::Tensor& fm, const at::Tensor& ff, const at::Tensor& ddf, double eps) {
+    GssArgs<K> a;
+    a.geo = geometry_of(fm);
+    a.eps = eps;
+    a.moving = cptr<K>(fm);
+    a.fixed = cptr<K>(ff);
+    a.ddf = cptr<K>(ddf);
+    a.num_threads = at::get_num_threads();
+    return a;
+  }
+
+  static void check_gss(const at::Tensor& fm, const at::Tensor& ff, const at::Tensor& ddf) {
+    check_volume(fm, "feat_moving");
+    check_volume(ff, "feat_fixed");
+    check_like(ff, "feat_fixed", fm, "feat_moving");
+    TORCH_CHECK(fm.sizes() == ff.sizes(), "gemini: feat_moving ", fm.sizes(), " and feat_fixed ", ff.sizes(),
+                " must have the same shape");
+    check_field(ddf, "ddf", fm, "feat_moving");
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> gss(const at::Tensor& fm_, const at::Tensor& ff_, const at::Tensor& ddf_,
+                                                double eps, double, double, double) {
+    check_gss(fm_, ff_, ddf_);
+    typename Policy::Guard guard(fm_);
+    const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous();
+    std::vector<int64_t> shape = fm.sizes().vec();
+    shape[1] = 1;
+    at::Tensor cos = at::empty(shape, fm.options()), mask = at::empty(shape, fm.options());
+    dispatch(fm.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
+      a.cos = mptr<K>(cos);
+      a.mask = mptr<K>(mask);
+      Backend::gss_forward(a, Policy::stream(fm));
+    });
+    return {cos, mask};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> gss_backward(const at::Tensor& grad_, const at::Tensor& fm_,
+                                                                     const at::Tensor& ff_, const at::Tensor& ddf_,
+                                                                     double eps, double scale_moving,
+                                                                     double scale_fixed, double scale_ddf) {
+    check_gss(fm_, ff_, ddf_);
+    check_like(grad_, "grad", fm_, "feat_moving");
+    TORCH_CHECK(grad_.numel() == fm_.numel() / fm_.size(1), "gemini: grad must be (B, 1, *spatial), got ",
+                grad_.sizes());
+    typename Policy::Guard guard(fm_);
+    const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
+    const at::ScalarType acc = acc_dtype(fm.scalar_type());
+    at::Tensor gm = scale_moving != 0 ? at::zeros(fm.sizes(), fm.options().dtype(acc)) : empty_result(fm);
+    at::Tensor gf = scale_fixed != 0 ? at::empty_like(ff) : empty_result(ff);
+    at::Tensor gd = scale_ddf != 0 ? at::empty_like(ddf) : empty_result(ddf);
+    at::Tensor scratch;
+    if (Policy::kCpuScratch && scale_moving != 0) scratch = at::empty({3 * grad.numel()}, fm.options().dtype(acc));
+    dispatch(fm.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
+      a.grad = cptr<K>(grad);
+      a.scale_moving = scale_moving;
+      a.scale_fixed = scale_fixed;
+      a.scale_ddf = scale_ddf;
+      a.grad_moving = mptr<acc_t<K>>(gm);
+      a.grad_fixed = mptr<K>(gf);
+      a.grad_ddf = mptr<K>(gd);
+      a.scratch = mptr<acc_t<K>>(scratch);
+      Backend::gss_backward(a, Policy::stream(fm));
+    });
+    if (gm.numel() && gm.scalar_type() != fm.scalar_type()) gm = gm.to(fm.scalar_type());
+    return {gm, gf, gd};
+  }
+
+  // ---- local NCC ----
+
+  static void check_ncc(const at::Tensor& a, const at::Tensor& b, int64_t window) {
+    check_volume(a, "a");
+    check_volume(b, "b");
+    check_like(b, "b", a, "a");
+    TORCH_CHECK(a.sizes() == b.sizes(), "gemini: a ", a.sizes(), " and b ", b.sizes(), " must have the same shape");
+    TORCH_CHECK(window >= 1 && window % 2 == 1, "gemini: window must be an odd int >= 1, got ", window);
+  }
+
+  template <typename K>
+  static NccArgs<K> ncc_args(const at::Tensor& a, const at::Tensor& b, int64_t window, bool squared, double eps,
+                             const at::Tensor& buf0, const at::Tensor& buf1) {
+    NccArgs<K> n;
+    n.geo = geometry_of(a);
+    n.window = static_cast<int>(window);
+    n.squared = squared;
+    n.eps = eps;
+    n.a = cptr<K>(a);
+    n.b = cptr<K>(b);
+    n.buf0 = mptr<acc_t<K>>(buf0);
+    n.buf1 = mptr<acc_t<K>>(buf1);
+    n.num_threads = at::get_num_threads();
+    return n;
+  }
+
+  static at::Tensor ncc_buffer(const at::Tensor& a) {
+    return at::empty({5 * a.numel()}, a.options().dtype(acc_dtype(a.scalar_type())));
+  }
+
+  static at::Tensor local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window, bool squared, double eps) {
+    check_ncc(a_, b_, window);
+    typename Policy::Guard guard(a_);
+    const at::Tensor a = a_.contiguous(), b = b_.contiguous();
+    at::Tensor out = at::empty_like(a);
+    const at::Tensor buf0 = ncc_buffer(a), buf1 = ncc_buffer(a);
+    dispatch(a.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
+      n.out = mptr<K>(out);
+      Backend::ncc_forward(n, Policy::stream(a));
+    });
+    return out;
+  }
+
+  static std::tuple<at::Tensor, at::Tensor> local_ncc_backward(const at::Tensor& grad_, const at::Tensor& a_,
+                                                               const at::Tensor& b_, int64_t window, bool squared,
+                                                               double eps, bool a_grad, bool b_grad) {
+    check_ncc(a_, b_, window);
+    check_like(grad_, "grad", a_, "a");
+    TORCH_CHECK(grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(), ", got ",
+                grad_.sizes());
+    typename Policy::Guard guard(a_);
+    const at::Tensor a = a_.contiguous(), b = b_.contiguous(), grad = grad_.contiguous();
+    at::Tensor ga = a_grad ? at::empty_like(a) : empty_result(a);
+    at::Tensor gb = b_grad ? at::empty_like(b) : empty_result(b);
+    if (!(a_grad || b_grad)) return {ga, gb};
+    const at::Tensor buf0 = ncc_buffer(a), buf1 = ncc_buffer(a);
+    dispatch(a.scalar_type(), [&](auto tag) {
+      using K = decltype(tag);
+      NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
+      n.grad = cptr<K>(grad);
+      n.grad_a = mptr<K>(ga);
+      n.grad_b = mptr<K>(gb);
+      Backend::ncc_backward(n, Policy::stream(a));
+    });
+    return {ga, gb};
+  }
+
+  static void register_impls(torch::Library& m) {
+    m.impl("warp", &warp);
+    m.impl("warp_backward", &warp_backward);
+    m.impl("integrate_velocity", &integrate_velocity);
+    m.impl("integrate_velocity_backward", &integrate_velocity_backward);
+    m.impl("gss", &gss);
+    m.impl("gss_backward", &gss_backward);
+    m.impl("local_ncc", &local_ncc);
+    m.impl("local_ncc_backward", &local_ncc_backward);
+  }
+};
+
+// Host tensors: no device guard, no stream.
+struct HostPolicy {
+  struct Guard {
+    explicit Guard(const at::Tensor&) {}
+  };
+  static void* stream(const at::Tensor&) { return nullptr; }
+  static constexpr bool kHalfTypes = false;
+  static constexpr bool kCpuScratch = true;
+};
+
+// The emulated CUDA kernels scatter with atomics and need no coefficient buffer.
+struct EmulatedPolicy : HostPolicy {
+  static constexpr bool kCpuScratch = false;
+};
+
+void define_schemas(torch::Library& m);
+
+}  // namespace gemini

@@ -1,0 +1,186 @@
+"""Loads the compiled library and registers, in Python, the fake (meta)
+kernels and the autograd formulas of its ops.
+
+The C++ library registers two namespaces with the same schemas:
+``torch.ops.gemini`` (CPU kernels, and CUDA kernels when built with CUDA) and
+``torch.ops.gemini_emulated`` (the CUDA kernel sources compiled as host C++,
+CPU tensors only). Autograd and fake kernels are registered here for both, so
+the ops trace under ``torch.compile(fullgraph=True)`` and a traced module
+runs in a fresh process after ``import gemini_ops``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import torch
+
+NAMESPACES = ("gemini", "gemini_emulated")
+_LOADED: str | None = None
+_ERROR: str | None = None
+
+
+def _library_path() -> str | None:
+    override = os.environ.get("GEMINI_OPS_LIBRARY")
+    if override:
+        if not os.path.isfile(override):
+            raise FileNotFoundError(f"GEMINI_OPS_LIBRARY={override!r} does not name a file")
+        return override
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(here, "_C*.so")) + glob.glob(os.path.join(here, "_C*.pyd")))
+    return found[0] if found else None
+
+
+def load() -> bool:
+    """Load the compiled library once; True when its ops are available."""
+    global _LOADED, _ERROR
+    if _LOADED is not None:
+        return True
+    if _ERROR is not None:
+        return False
+    path = _library_path()
+    if path is None:
+        _ERROR = "the compiled library gemini_ops/_C*.so was not found (build it with `pip install --no-build-isolation -e .`)"
+    else:
+        try:
+            torch.ops.load_library(path)
+        except OSError as exc:  # a stale build against another torch, a missing CUDA runtime, ...
+            _ERROR = f"loading {path} failed: {exc}"
+    if _ERROR is not None:
+        warnings.warn(f"gemini_ops: {_ERROR}; the pure-PyTorch reference runs instead.", RuntimeWarning, stacklevel=3)
+        return False
+    _LOADED = path
+    for ns in NAMESPACES:
+        _register(ns)
+    return True
+
+
+def loaded_path() -> str | None:
+    return _LOADED
+
+
+def load_error() -> str | None:
+    return _ERROR
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,))
+
+
+def _register(ns: str) -> None:
+    ops = getattr(torch.ops, ns)
+    lib = f"{ns}::"
+
+    # ---- fake kernels: shapes and dtypes only -------------------------------------------
+    @torch.library.register_fake(lib + "warp")
+    def _(image, ddf, mode, padding_mode):
+        return image.new_empty(image.shape)
+
+    @torch.library.register_fake(lib + "warp_backward")
+    def _(grad, image, ddf, mode, padding_mode, image_grad, ddf_grad):
+        gi = image.new_empty(image.shape) if image_grad else _empty(image)
+        gd = ddf.new_empty(ddf.shape) if ddf_grad else _empty(ddf)
+        return gi, gd
+
+    @torch.library.register_fake(lib + "integrate_velocity")
+    def _(velocity, steps, padding_mode):
+        return velocity.new_empty(velocity.shape)
+
+    @torch.library.register_fake(lib + "integrate_velocity_backward")
+    def _(grad, velocity, steps, padding_mode):
+        return velocity.new_empty(velocity.shape)
+
+    @torch.library.register_fake(lib + "gss")
+    def _(feat_moving, feat_fixed, ddf, eps, scale_moving, scale_fixed, scale_ddf):
+        shape = (ddf.shape[0], 1, *ddf.shape[2:])
+        return feat_fixed.new_empty(shape), feat_fixed.new_empty(shape)
+
+    @torch.library.register_fake(lib + "gss_backward")
+    def _(grad, feat_moving, feat_fixed, ddf, eps, scale_moving, scale_fixed, scale_ddf):
+        return (
+            feat_moving.new_empty(feat_moving.shape) if scale_moving != 0 else _empty(feat_moving),
+            feat_fixed.new_empty(feat_fixed.shape) if scale_fixed != 0 else _empty(feat_fixed),
+            ddf.new_empty(ddf.shape) if scale_ddf != 0 else _empty(ddf),
+        )
+
+    @torch.library.register_fake(lib + "local_ncc")
+    def _(a, b, window, squared, eps):
+        return a.new_empty(a.shape)
+
+    @torch.library.register_fake(lib + "local_ncc_backward")
+    def _(grad, a, b, window, squared, eps, a_grad, b_grad):
+        return (a.new_empty(a.shape) if a_grad else _empty(a), b.new_empty(b.shape) if b_grad else _empty(b))
+
+    # ---- autograd: each forward op's backward is another op of the same namespace ------
+    def warp_setup(ctx, inputs, output):
+        image, ddf, mode, padding_mode = inputs
+        ctx.save_for_backward(image, ddf)
+        ctx.mode, ctx.padding_mode = mode, padding_mode
+
+    def warp_bwd(ctx, grad):
+        image, ddf = ctx.saved_tensors
+        need_i, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.mode != "nearest"
+        if not (need_i or need_d):
+            return None, None, None, None
+        gi, gd = ops.warp_backward(grad.contiguous(), image, ddf, ctx.mode, ctx.padding_mode, need_i, need_d)
+        if ctx.needs_input_grad[1] and not need_d:  # nearest sampling: piecewise constant in ddf
+            gd = torch.zeros_like(ddf)
+        return (gi if need_i else None), (gd if ctx.needs_input_grad[1] else None), None, None
+
+    torch.library.register_autograd(lib + "warp", warp_bwd, setup_context=warp_setup)
+
+    def integrate_setup(ctx, inputs, output):
+        velocity, steps, padding_mode = inputs
+        ctx.save_for_backward(velocity)
+        ctx.steps, ctx.padding_mode = steps, padding_mode
+
+    def integrate_bwd(ctx, grad):
+        (velocity,) = ctx.saved_tensors
+        return ops.integrate_velocity_backward(grad.contiguous(), velocity, ctx.steps, ctx.padding_mode), None, None
+
+    torch.library.register_autograd(lib + "integrate_velocity", integrate_bwd, setup_context=integrate_setup)
+
+    def gss_setup(ctx, inputs, output):
+        feat_moving, feat_fixed, ddf, eps, s_m, s_f, s_d = inputs
+        ctx.save_for_backward(feat_moving, feat_fixed, ddf)
+        ctx.eps = eps
+        ctx.scales = (s_m, s_f, s_d)
+
+    def gss_bwd(ctx, grad_cos, grad_mask):
+        fm, ff, ddf = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        scales = [s if n else 0.0 for s, n in zip(ctx.scales, need)]
+        if not any(scales):
+            zeros = [torch.zeros_like(t) if n else None for t, n in zip((fm, ff, ddf), need)]
+            return (*zeros, None, None, None, None)
+        g = ops.gss_backward(grad_cos.contiguous(), fm, ff, ddf, ctx.eps, *scales)
+        out = [gt if s != 0 else (torch.zeros_like(t) if n else None) for gt, s, t, n in zip(g, scales, (fm, ff, ddf), need)]
+        return (*out, None, None, None, None)
+
+    torch.library.register_autograd(lib + "gss", gss_bwd, setup_context=gss_setup)
+
+    def ncc_setup(ctx, inputs, output):
+        a, b, window, squared, eps = inputs
+        ctx.save_for_backward(a, b)
+        ctx.args = (window, squared, eps)
+
+    def ncc_bwd(ctx, grad):
+        a, b = ctx.saved_tensors
+        need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_a or need_b):
+            return None, None, None, None, None
+        ga, gb = ops.local_ncc_backward(grad.contiguous(), a, b, *ctx.args, need_a, need_b)
+        return (ga if need_a else None), (gb if need_b else None), None, None, None
+
+    torch.library.register_autograd(lib + "local_ncc", ncc_bwd, setup_context=ncc_setup)
+
+    # Under autocast the ops run in float32: their inputs must share one dtype.
+    for op in ("warp", "integrate_velocity", "gss", "local_ncc"):
+        for device_type in ("cpu", "cuda"):
+            torch.library.register_autocast(lib + op, device_type, torch.float32)
+
+
+def compiled_with_cuda() -> bool:
+    return bool(_LOADED) and bool(torch.ops.gemini.compiled_with_cuda())
