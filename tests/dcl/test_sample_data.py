@@ -1,0 +1,212 @@
+"""gemini_dcl.sample_data: shipped data, determinism, affines, label alignment,
+datalist, 2D set, argument errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+import gemini_ops
+from gemini_dcl import sample_data
+from gemini_dcl.sample_data import (
+    DATA_DIR,
+    DEFAULT_SIZE,
+    load_template,
+    main,
+    make_sample_dataset,
+    random_subject,
+    template_on_grid,
+)
+
+SIZE = (24, 28, 24)
+SPLIT = {"subjects": 6, "labeled": 1, "validation": 1, "test": 2}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sd3")
+    return make_sample_dataset(out, size=SIZE, seed=3, **SPLIT)
+
+
+def read(path):
+    img = nib.load(path)
+    return np.asarray(img.dataobj), img
+
+
+def labelled_entries(datalist):
+    return datalist["labeled"] + datalist["validation"] + datalist["test"]
+
+
+def correlation_ratio(image, label):
+    """Share of the intensity variance explained by the label classes (eta^2)."""
+    classes = np.unique(label)
+    means = np.array([image[label == c].mean() for c in classes])
+    counts = np.array([(label == c).sum() for c in classes])
+    return float((counts * (means - image.mean()) ** 2).sum() / (image.size * image.var()))
+
+
+def test_shipped_data_small_and_with_notice():
+    total = sum(f.stat().st_size for f in DATA_DIR.rglob("*") if f.is_file())
+    assert total < 10 * 2**20
+    notice = (DATA_DIR / "NOTICE.md").read_text()
+    assert "Copyright (C) 1993-2009 Louis Collins" in notice and "ChestX-ray14" in notice
+    assert len(list((DATA_DIR / "chestxray").glob("*_*/*.png"))) == 16
+
+
+def test_shipped_template_geometry():
+    image, label, affine = load_template()
+    assert image.shape == label.shape and image.dtype == np.float32 and 0 <= image.min() and image.max() <= 1
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), 2.0)
+    # MNI (0, 0, 0) is the anterior commissure: inside the brain
+    origin = np.round(np.linalg.inv(affine) @ [0, 0, 0, 1])[:3].astype(int)
+    assert label[tuple(origin)] > 0
+
+    # the symmetric template mirrored about x = 0 mm through the affine maps onto itself;
+    # half a voxel of error in the affine would blur that match
+    def mirror(offset_vox):
+        grid = np.indices(image.shape).astype(float)
+        x_mm = affine[0, 0] * grid[0] + affine[0, 3]
+        grid[0] = (-x_mm - affine[0, 3]) / affine[0, 0] + offset_vox
+        return ndimage.map_coordinates(image, grid, order=1)
+
+    err = np.abs(mirror(0.0) - image).mean()
+    assert err < 0.6 * np.abs(mirror(0.5) - image).mean()
+
+
+def test_template_on_grid_matches_independent_resampling():
+    image, label, t_affine = load_template()
+    img, lab, affine = template_on_grid(SIZE)
+    assert img.shape == lab.shape == (1, *SIZE)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    np.testing.assert_allclose(spacing, spacing[0])
+    assert nib.aff2axcodes(affine) == ("R", "A", "S")
+    coords = np.linalg.inv(t_affine) @ affine @ np.vstack([np.indices(SIZE).reshape(3, -1), np.ones(np.prod(SIZE))])
+    ref = ndimage.map_coordinates(image, coords[:3], order=1).reshape(SIZE)
+    assert np.corrcoef(ref.ravel(), img[0].ravel())[0, 1] > 0.97
+    ref_lab = ndimage.map_coordinates(label, coords[:3], order=0).reshape(SIZE)
+    assert (ref_lab == lab[0]).mean() > 0.85
+    # tissue intensities of the template on the grid: WM > GM > CSF > background
+    means = [img[lab == c].mean() for c in range(4)]
+    assert means[3] > means[2] > means[1] > means[0]
+    assert correlation_ratio(img[0], lab[0]) > 0.7
+
+
+def test_random_subject_is_diffeomorphic_and_labels_follow():
+    img, lab, affine = template_on_grid(SIZE)
+    spacing = float(np.linalg.norm(affine[:3, 0]))
+    for seed in range(3):
+        new_img, new_lab, ddf = random_subject(img, lab, spacing, np.random.default_rng(seed))
+        assert float(gemini_ops.folding_fraction(ddf)) == 0.0
+        assert ddf.abs().max() > 0.5  # it does deform
+        expected = gemini_ops.warp(torch.from_numpy(lab).float()[None], ddf, mode="nearest")[0].numpy()
+        np.testing.assert_array_equal(new_lab, expected.astype(np.uint8))
+
+
+def test_dataset_files_affines_and_alignment(dataset):
+    root = dataset.parent
+    datalist = json.loads(dataset.read_text())
+    assert {"labeled", "unlabeled", "validation", "test"} <= set(datalist)
+    counts = {k: len(datalist[k]) for k in ("labeled", "validation", "test", "unlabeled")}
+    assert counts == {"labeled": 1, "validation": 1, "test": 2, "unlabeled": 2}
+    assert all(set(e) == {"image"} for e in datalist["unlabeled"])
+    assert len(list((root / "labels").glob("*.nii.gz"))) == 4  # no labels written for unlabelled subjects
+    _, _, grid_affine = template_on_grid(SIZE)
+    for entry in datalist["unlabeled"] + labelled_entries(datalist):
+        assert not Path(entry["image"]).is_absolute() and (root / entry["image"]).is_file()
+        image, nii = read(root / entry["image"])
+        assert image.shape == SIZE and image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
+        np.testing.assert_allclose(nii.affine, grid_affine, atol=1e-5)
+        np.testing.assert_allclose(nii.header.get_zooms(), np.linalg.norm(grid_affine[:3, :3], axis=0), rtol=1e-6)
+    for entry in labelled_entries(datalist):
+        image, _ = read(root / entry["image"])
+        label, nii = read(root / entry["label"])
+        assert label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3}
+        np.testing.assert_allclose(nii.affine, grid_affine, atol=1e-5)
+        means = [image[label == c].mean() for c in range(4)]
+        assert means[3] > means[2] > means[1] > means[0]
+        # labels sit on the image: any one-voxel shift explains less of the intensity
+        aligned = correlation_ratio(image, label)
+        for axis in range(3):
+            for step in (-1, 1):
+                assert aligned > correlation_ratio(image, np.roll(label, step, axis=axis)) + 0.02
+    assert (root / "NOTICE.md").read_text() == (DATA_DIR / "NOTICE.md").read_text()
+
+
+def test_deterministic_per_seed(dataset, tmp_path):
+    again = make_sample_dataset(tmp_path / "again", size=SIZE, seed=3, **SPLIT)
+    other = make_sample_dataset(tmp_path / "other", size=SIZE, seed=4, **SPLIT)
+    files = sorted(p.relative_to(dataset.parent) for p in dataset.parent.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again.parent) for p in again.parent.rglob("*") if p.is_file())
+    for rel in files:
+        assert (dataset.parent / rel).read_bytes() == (again.parent / rel).read_bytes(), rel
+    first = read(dataset.parent / "images/subject_000.nii.gz")[0]
+    assert not np.allclose(first, read(other.parent / "images/subject_000.nii.gz")[0])
+
+
+def test_cli_default_split(tmp_path, capsys):
+    path = main([str(tmp_path), "--size", "16", "20", "16"])
+    assert capsys.readouterr().out.strip() == str(path)
+    datalist = json.loads(path.read_text())
+    assert [len(datalist[k]) for k in ("labeled", "unlabeled", "validation", "test")] == [1, 8, 2, 5]
+    assert read(tmp_path / datalist["test"][0]["image"])[0].shape == (16, 20, 16)
+    assert template_on_grid(DEFAULT_SIZE[3])[0].shape == (1, *DEFAULT_SIZE[3])
+
+
+def test_2d_set(tmp_path):
+    path = make_sample_dataset(tmp_path, subjects=3, labeled=1, validation=1, test=0, spatial_dims=2, size=(40, 48))
+    root = path.parent
+    datalist = json.loads(path.read_text())
+    assert datalist["spatial_dims"] == 2
+    entry = datalist["labeled"][0]
+    image, nii = read(root / entry["image"])
+    label, _ = read(root / entry["label"])
+    assert image.shape == label.shape == (40, 48)
+    assert nib.aff2axcodes(nii.affine) == ("R", "A", "S")
+    means = [image[label == c].mean() for c in range(4)]
+    assert means[3] > means[2] > means[1] > means[0]
+    xrays = datalist["xray"]
+    assert len(xrays) == 16 and {e["group"] for e in xrays} == {"AP_F", "AP_M", "PA_F", "PA_M"}
+    for e in xrays:
+        assert e["image"].startswith(f"xray/{e['group']}/")
+        with Image.open(root / e["image"]) as im:
+            assert im.mode == "L" and im.size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"spatial_dims": 4}, "spatial_dims"),
+        ({"size": (32, 32)}, "size"),
+        ({"size": (32, 4, 32)}, "size"),
+        ({"subjects": 3}, "subjects"),
+        ({"labeled": -1}, "labeled"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_sample_dataset(tmp_path, **kwargs)
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mni152"):
+        make_sample_dataset(tmp_path / "out", data_dir=tmp_path / "nowhere")
+
+
+def test_cli_bad_size(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--size", "32", "32"])
+    assert exc.value.code == 2
+    assert "size" in capsys.readouterr().err
+
+
+def test_package_data_lives_in_the_package():
+    assert DATA_DIR == Path(sample_data.__file__).resolve().parent / "data"
