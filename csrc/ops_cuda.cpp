@@ -1,20 +1,26 @@
 // CUDA kernels of torch.ops.gemini: the torch glue on the current stream.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include "gemini/half_traits.h"
-#include "ops_impl.h"
 
+// before ops_impl.h, whose dtype dispatch names these types
 namespace gemini {
-
 template <>
-struct KernelType<at::Half> {
+struct KernelType<c10::Half> {
   using type = __half;
 };
 template <>
-struct KernelType<at::BFloat16> {
+struct KernelType<c10::BFloat16> {
   using type = __nv_bfloat16;
 };
+}  // namespace gemini
+
+#include "ops_impl.h"
+
+namespace gemini {
 
 struct CudaPolicy {
   struct Guard {

@@ -20,12 +20,6 @@
 
 namespace gemini {
 
-// Kernel-side type of a torch scalar type; the CUDA glue maps the half types.
-template <typename T>
-struct KernelType {
-  using type = T;
-};
-
 inline int parse_mode(c10::string_view mode) {
   if (mode == "bilinear") return kBilinear;
   if (mode == "nearest") return kNearest;

@@ -16,4 +16,26 @@ template <>
 struct Acc<__nv_bfloat16> {
   using type = float;
 };
+template <>
+struct Convert<__half> {
+  template <typename A>
+  GEMINI_HD static A to(__half x) {
+    return static_cast<A>(__half2float(x));
+  }
+  template <typename A>
+  GEMINI_HD static __half from(A x) {
+    return __float2half(static_cast<float>(x));
+  }
+};
+template <>
+struct Convert<__nv_bfloat16> {
+  template <typename A>
+  GEMINI_HD static A to(__nv_bfloat16 x) {
+    return static_cast<A>(__bfloat162float(x));
+  }
+  template <typename A>
+  GEMINI_HD static __nv_bfloat16 from(A x) {
+    return __float2bfloat16(static_cast<float>(x));
+  }
+};
 }  // namespace gemini

@@ -4,7 +4,36 @@
 
 #include <cstdint>
 
+#ifdef __CUDACC__
+#define GEMINI_HD __host__ __device__ __forceinline__
+#else
+#define GEMINI_HD inline
+#endif
+
 namespace gemini {
+
+// Loads and stores between a tensor's element type and the accumulation
+// type; explicit because torch builds CUDA code without the implicit half
+// conversions (half_traits.h specialises them).
+template <typename T>
+struct Convert {
+  template <typename A>
+  GEMINI_HD static A to(T x) {
+    return static_cast<A>(x);
+  }
+  template <typename A>
+  GEMINI_HD static T from(A x) {
+    return static_cast<T>(x);
+  }
+};
+template <typename A, typename T>
+GEMINI_HD A load(T x) {
+  return Convert<T>::template to<A>(x);
+}
+template <typename T, typename A>
+GEMINI_HD T store(A x) {
+  return Convert<T>::from(x);
+}
 
 // Accumulation type: float for half types (specialised in half_traits.h).
 template <typename T>
@@ -13,6 +42,12 @@ struct Acc {
 };
 template <typename T>
 using acc_t = typename Acc<T>::type;
+
+// Kernel-side type of a host scalar type (the CUDA glue maps torch's half types).
+template <typename T>
+struct KernelType {
+  using type = T;
+};
 
 struct Geometry {
   int64_t batch;

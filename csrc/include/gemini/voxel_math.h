@@ -6,11 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define GEMINI_HD __host__ __device__ __forceinline__
-#else
-#define GEMINI_HD inline
-#endif
+#include "gemini/params.h"
 
 // Runs the statement with a constexpr NDIM of 2 or 3.
 #define GEMINI_DISPATCH_NDIM(ndim, ...) \
@@ -132,7 +128,7 @@ struct Linear {
   GEMINI_HD A value(const T* plane) const {
     A v = A(0);
     for (int c = 0; c < kCorners; ++c)
-      if (inside[c]) v += weight[c] * static_cast<A>(plane[offset[c]]);
+      if (inside[c]) v += weight[c] * load<A>(plane[offset[c]]);
     return v;
   }
 
@@ -143,7 +139,7 @@ struct Linear {
     for (int k = 0; k < NDIM; ++k) grad[k] = A(0);
     for (int c = 0; c < kCorners; ++c) {
       if (!inside[c]) continue;
-      const A x = static_cast<A>(plane[offset[c]]);
+      const A x = load<A>(plane[offset[c]]);
       v += weight[c] * x;
       for (int k = 0; k < NDIM; ++k) grad[k] += dweight(c, k) * x;
     }
@@ -183,7 +179,7 @@ struct Nearest {
 
   template <typename T, typename A2>
   GEMINI_HD A2 value(const T* plane) const {
-    return offset < 0 ? A2(0) : static_cast<A2>(plane[offset]);
+    return offset < 0 ? A2(0) : load<A2>(plane[offset]);
   }
 
   template <typename G, typename Add>
@@ -199,7 +195,7 @@ GEMINI_HD void sample_point(const T* ddf, const Extent<NDIM>& e, int64_t b, int6
   int64_t c[NDIM];
   e.coords(v, c);
   const T* d = ddf + b * NDIM * n + v;
-  for (int k = 0; k < NDIM; ++k) p[k] = static_cast<A>(c[k]) + static_cast<A>(d[k * n]);
+  for (int k = 0; k < NDIM; ++k) p[k] = static_cast<A>(c[k]) + load<A>(d[k * n]);
 }
 
 // 1 where the nearest voxel of the sample point lies inside the volume.
@@ -233,7 +229,7 @@ GEMINI_HD GssVoxel<A> gss_sums(const Linear<NDIM, A>& s, const T* fm_b, const T*
   GssVoxel<A> r{A(0), A(0), A(0)};
   for (int64_t c = 0; c < C; ++c) {
     const A w = s.value(fm_b + c * n);
-    const A f = static_cast<A>(ff_b[c * n + v]);
+    const A f = load<A>(ff_b[c * n + v]);
     r.dot += w * f;
     r.nw2 += w * w;
     r.nf2 += f * f;
@@ -285,8 +281,8 @@ GEMINI_HD void box_products_line(const T* a, const T* b, A* out, int64_t field_s
                                  int64_t r) {
   double acc[5] = {0, 0, 0, 0, 0};
   auto add = [&](int64_t j, double sign) {
-    const double x = static_cast<double>(static_cast<A>(a[j * stride]));
-    const double y = static_cast<double>(static_cast<A>(b[j * stride]));
+    const double x = static_cast<double>(load<A>(a[j * stride]));
+    const double y = static_cast<double>(load<A>(b[j * stride]));
     acc[0] += sign * x;
     acc[1] += sign * y;
     acc[2] += sign * x * x;

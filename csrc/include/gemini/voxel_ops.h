@@ -24,14 +24,14 @@ GEMINI_HD void warp_forward_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, i
   if (a.mode == kNearest) {
     const Nearest<NDIM, A> s(p, e, a.padding);
     for (int64_t c = 0; c < C; ++c) {
-      const A x = s.template value<T, A>(img + c * n) + (base ? static_cast<A>(base[c * n + v]) : A(0));
-      out[c * n + v] = static_cast<T>(x);
+      const A x = s.template value<T, A>(img + c * n) + (base ? load<A>(base[c * n + v]) : A(0));
+      out[c * n + v] = store<T>(x);
     }
   } else {
     const Linear<NDIM, A> s(p, e, a.padding);
     for (int64_t c = 0; c < C; ++c) {
-      const A x = s.value(img + c * n) + (base ? static_cast<A>(base[c * n + v]) : A(0));
-      out[c * n + v] = static_cast<T>(x);
+      const A x = s.value(img + c * n) + (base ? load<A>(base[c * n + v]) : A(0));
+      out[c * n + v] = store<T>(x);
     }
   }
 }
@@ -44,19 +44,19 @@ GEMINI_HD void warp_backward_ddf_voxel(const WarpArgs<T>& a, const Extent<NDIM>&
   const int64_t b = i / n, v = i % n;
   A acc[NDIM];
   for (int k = 0; k < NDIM; ++k)
-    acc[k] = a.grad_ddf_base ? static_cast<A>(a.grad_ddf_base[(b * NDIM + k) * n + v]) : A(0);
+    acc[k] = a.grad_ddf_base ? load<A>(a.grad_ddf_base[(b * NDIM + k) * n + v]) : A(0);
   if (a.mode != kNearest) {  // nearest sampling is piecewise constant in ddf
     A p[NDIM];
     sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
     const Linear<NDIM, A> s(p, e, a.padding);
     for (int64_t c = 0; c < C; ++c) {
-      const A g = static_cast<A>(a.grad[(b * C + c) * n + v]);
+      const A g = load<A>(a.grad[(b * C + c) * n + v]);
       A dv[NDIM];
       s.value_grad(a.image + (b * C + c) * n, dv);
       for (int k = 0; k < NDIM; ++k) acc[k] += g * dv[k];
     }
   }
-  for (int k = 0; k < NDIM; ++k) a.grad_ddf[(b * NDIM + k) * n + v] = static_cast<T>(acc[k]);
+  for (int k = 0; k < NDIM; ++k) a.grad_ddf[(b * NDIM + k) * n + v] = store<T>(acc[k]);
 }
 
 // target[b, c] += grad[b, c, v] at the corners sampled by voxel i, c in [c0, c1)
@@ -71,11 +71,11 @@ GEMINI_HD void warp_backward_image_voxel(const WarpArgs<T>& a, const Extent<NDIM
   if (a.mode == kNearest) {
     const Nearest<NDIM, A> s(p, e, a.padding);
     for (int64_t c = c0; c < c1; ++c)
-      s.scatter(target + (b * C + c) * n, static_cast<A>(a.grad[(b * C + c) * n + v]), add);
+      s.scatter(target + (b * C + c) * n, load<A>(a.grad[(b * C + c) * n + v]), add);
   } else {
     const Linear<NDIM, A> s(p, e, a.padding);
     for (int64_t c = c0; c < c1; ++c)
-      s.scatter(target + (b * C + c) * n, static_cast<A>(a.grad[(b * C + c) * n + v]), add);
+      s.scatter(target + (b * C + c) * n, load<A>(a.grad[(b * C + c) * n + v]), add);
   }
 }
 
@@ -90,8 +90,8 @@ GEMINI_HD void gss_forward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int
   sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
   const Linear<NDIM, A> s(p, e, kZeros);
   const GssVoxel<A> r = gss_sums(s, a.moving + b * C * n, a.fixed + b * C * n, C, n, v);
-  a.cos[i] = static_cast<T>(gss_cosine(r, static_cast<A>(a.eps)));
-  a.mask[i] = static_cast<T>(point_inside(p, e) ? 1 : 0);
+  a.cos[i] = store<T>(gss_cosine(r, static_cast<A>(a.eps)));
+  a.mask[i] = store<T>(point_inside(p, e) ? A(1) : A(0));
 }
 
 // Writes grad_fixed and grad_ddf of voxel i; scatters grad_moving into
@@ -103,13 +103,13 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, in
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
   const int64_t b = i / n, v = i % n;
-  const A g = static_cast<A>(a.grad[i]);
+  const A g = load<A>(a.grad[i]);
   A gd[NDIM];
   for (int k = 0; k < NDIM; ++k) gd[k] = A(0);
   if (coeffs) coeffs[0] = coeffs[1] = coeffs[2] = A(0);
   if (g == A(0)) {  // masked-out voxel: nothing flows
     if (a.grad_fixed)
-      for (int64_t c = 0; c < C; ++c) a.grad_fixed[(b * C + c) * n + v] = static_cast<T>(0);
+      for (int64_t c = 0; c < C; ++c) a.grad_fixed[(b * C + c) * n + v] = store<T>(A(0));
   } else {
     A p[NDIM];
     sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
@@ -126,16 +126,16 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, in
     for (int64_t c = 0; c < C; ++c) {
       A dv[NDIM];
       const A w = s.value_grad(fm + c * n, dv);
-      const A f = static_cast<A>(ff[c * n + v]);
+      const A f = load<A>(ff[c * n + v]);
       const A dw = k.kw1 * f - k.kw2 * w;
-      if (a.grad_fixed) a.grad_fixed[(b * C + c) * n + v] = static_cast<T>(sf * (k.kw1 * w - k.kf2 * f));
+      if (a.grad_fixed) a.grad_fixed[(b * C + c) * n + v] = store<T>(sf * (k.kw1 * w - k.kf2 * f));
       if (target) s.scatter(target + (b * C + c) * n, sm * dw, add);
       for (int d = 0; d < NDIM; ++d) gd[d] += dw * dv[d];
     }
   }
   if (a.grad_ddf) {
     const A sd = static_cast<A>(a.scale_ddf);
-    for (int d = 0; d < NDIM; ++d) a.grad_ddf[(b * NDIM + d) * n + v] = static_cast<T>(sd * gd[d]);
+    for (int d = 0; d < NDIM; ++d) a.grad_ddf[(b * NDIM + d) * n + v] = store<T>(sd * gd[d]);
   }
 }
 
@@ -154,7 +154,7 @@ GEMINI_HD void gss_scatter_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int
   const T* ff = a.fixed + b * C * n;
   const A sm = static_cast<A>(a.scale_moving);
   for (int64_t c = c0; c < c1; ++c) {
-    const A dw = coeffs[0] * static_cast<A>(ff[c * n + v]) - coeffs[1] * s.value(fm + c * n);
+    const A dw = coeffs[0] * load<A>(ff[c * n + v]) - coeffs[1] * s.value(fm + c * n);
     s.scatter(target + (b * C + c) * n, sm * dw, add);
   }
 }
@@ -164,14 +164,14 @@ GEMINI_HD void gss_scatter_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int
 template <typename T>
 GEMINI_HD void ncc_value_voxel(const acc_t<T>* sums, T* out, int64_t fs, acc_t<T> n, bool squared, acc_t<T> eps,
                                int64_t i) {
-  out[i] = static_cast<T>(ncc_value(ncc_load(sums, fs, i), n, squared, eps));
+  out[i] = store<T>(ncc_value(ncc_load(sums, fs, i), n, squared, eps));
 }
 
 template <typename T>
 GEMINI_HD void ncc_sum_grads_voxel(const acc_t<T>* sums, const T* grad, acc_t<T>* out, int64_t fs, acc_t<T> n,
                                    bool squared, acc_t<T> eps, int64_t i) {
   using A = acc_t<T>;
-  const NccSums<A> g = ncc_sum_grads(ncc_load(sums, fs, i), n, squared, eps, static_cast<A>(grad[i]));
+  const NccSums<A> g = ncc_sum_grads(ncc_load(sums, fs, i), n, squared, eps, load<A>(grad[i]));
   out[i] = g.a;
   out[fs + i] = g.b;
   out[2 * fs + i] = g.aa;
@@ -184,9 +184,9 @@ template <typename T>
 GEMINI_HD void ncc_input_grads_voxel(const acc_t<T>* bg, const NccArgs<T>& a, int64_t fs, int64_t i) {
   using A = acc_t<T>;
   const NccSums<A> g = ncc_load(bg, fs, i);
-  const A x = static_cast<A>(a.a[i]), y = static_cast<A>(a.b[i]);
-  if (a.grad_a) a.grad_a[i] = static_cast<T>(g.a + A(2) * x * g.aa + y * g.ab);
-  if (a.grad_b) a.grad_b[i] = static_cast<T>(g.b + A(2) * y * g.bb + x * g.ab);
+  const A x = load<A>(a.a[i]), y = load<A>(a.b[i]);
+  if (a.grad_a) a.grad_a[i] = store<T>(g.a + A(2) * x * g.aa + y * g.ab);
+  if (a.grad_b) a.grad_b[i] = store<T>(g.b + A(2) * y * g.bb + x * g.ab);
 }
 
 }  // namespace gemini
