@@ -19,7 +19,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,10 @@ def cases(size, channels: int, device: str):
     yield (
         "integrate(7) + warp",
         {
-            "ours": (lambda: gemini_ops.warp(image, gemini_ops.integrate_velocity(velocity, 7)).sum(), [image, velocity]),
+            "ours": (
+                lambda: gemini_ops.warp(image, gemini_ops.integrate_velocity(velocity, 7)).sum(),
+                [image, velocity],
+            ),
             "MONAI": (lambda: m_warp(image, m_int(velocity)).sum(), [image, velocity]),
             "composition": (
                 lambda: reference.warp(image, reference.integrate_velocity(velocity, 7)).sum(),
@@ -192,7 +195,9 @@ def main() -> None:
     print("| case | impl | fwd ms (min) | fwd+bwd ms (min) | peak MiB | fwd ÷ ours | fwd+bwd ÷ ours | peak ÷ ours |")
     print("|" + "---|" * 8)
     for name, impls in cases(tuple(args.size), args.channels, args.device):
-        results = {impl: measure(name, impl, fn, inputs, args.device, args.repeats) for impl, (fn, inputs) in impls.items()}
+        results = {
+            impl: measure(name, impl, fn, inputs, args.device, args.repeats) for impl, (fn, inputs) in impls.items()
+        }
         ours = results["ours"]
         for impl, r in results.items():
             r["fwd_ratio"] = r["fwd_ms"] / ours["fwd_ms"]

@@ -156,7 +156,10 @@ def _register(ns: str) -> None:
             zeros = [torch.zeros_like(t) if n else None for t, n in zip((fm, ff, ddf), need)]
             return (*zeros, None, None, None, None)
         g = ops.gss_backward(grad_cos.contiguous(), fm, ff, ddf, ctx.eps, *scales)
-        out = [gt if s != 0 else (torch.zeros_like(t) if n else None) for gt, s, t, n in zip(g, scales, (fm, ff, ddf), need)]
+        out = [
+            gt if s != 0 else (torch.zeros_like(t) if n else None)
+            for gt, s, t, n in zip(g, scales, (fm, ff, ddf), need)
+        ]
         return (*out, None, None, None, None)
 
     torch.library.register_autograd(lib + "gss", gss_bwd, setup_context=gss_setup)

@@ -56,6 +56,16 @@ def _ops(backend: Optional[str]):
     return torch.ops.gemini if backend == "compiled" else torch.ops.gemini_emulated
 
 
+def _autocast(*tensors):
+    """Under autocast the ops run in float32 (inputs of mixed or reduced precision are cast)."""
+    if any(
+        isinstance(t, torch.Tensor) and t.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(t.device.type)
+        for t in tensors
+    ):
+        return tuple(t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+    return tensors
+
+
 def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
@@ -64,7 +74,9 @@ def _check_tensor(name: str, t, backend: Optional[str]) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() not in (4, 5):
-        raise ValueError(f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {tuple(t.shape)} ({t.dim()} dims)")
+        raise ValueError(
+            f"{name} must have shape (B, C, H, W) or (B, C, D, H, W), got {tuple(t.shape)} ({t.dim()} dims)"
+        )
     if t.numel() == 0:
         raise ValueError(f"{name} is empty: shape {tuple(t.shape)}")
     allowed = _CUDA_DTYPES if t.device.type == "cuda" else _CPU_DTYPES
@@ -116,6 +128,7 @@ def warp(
     ``padding_mode``: ``"zeros"`` or ``"border"`` outside the volume.
     Gradients flow to ``image`` and (bilinear) ``ddf``. Returns (B, C, *S).
     """
+    image, ddf = _autocast(image, ddf)
     _check_tensor("image", image, backend)
     _check_tensor("ddf", ddf, backend)
     _check_same(("image", "ddf"), (image, ddf))
@@ -137,6 +150,7 @@ def integrate_velocity(
     ``steps=0`` returns the velocity itself (a plain displacement).
     The backward recomputes the intermediate fields instead of keeping them.
     """
+    (velocity,) = _autocast(velocity)
     _check_tensor("velocity", velocity, backend)
     _check_field("velocity", velocity, "velocity", velocity)
     if isinstance(steps, bool) or not isinstance(steps, int):
@@ -198,6 +212,7 @@ def gss_similarity(
     ``grad_scales`` multiply the gradients reaching (feat_moving, feat_fixed,
     ddf); the value is unchanged (GEMINI's stop-gradient pair in one forward).
     """
+    feat_moving, feat_fixed, ddf = _autocast(feat_moving, feat_fixed, ddf)
     _check_tensor("feat_moving", feat_moving, backend)
     _check_tensor("feat_fixed", feat_fixed, backend)
     _check_tensor("ddf", ddf, backend)
@@ -250,6 +265,7 @@ def local_ncc(
     (``squared``, the GVS term) or ``cross / sqrt(var_a var_b + eps)``.
     ``reduction="none"``: the map (B, C, *S); ``"mean"``: its (masked) mean.
     """
+    a, b = _autocast(a, b)
     _check_tensor("a", a, backend)
     _check_tensor("b", b, backend)
     _check_same(("a", "b"), (a, b))

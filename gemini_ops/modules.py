@@ -80,7 +80,9 @@ class GSSLoss(nn.Module):
         if total == 0:
             return feat_fixed.new_zeros(())
         fw, dw = self.feature_weight / total, self.flow_weight / total
-        sim = F.gss_similarity(feat_moving, feat_fixed, ddf, mask, "mean", grad_scales=(fw, fw, dw), backend=self.backend)
+        sim = F.gss_similarity(
+            feat_moving, feat_fixed, ddf, mask, "mean", grad_scales=(fw, fw, dw), backend=self.backend
+        )
         return total * (1.0 - sim)
 
 

@@ -36,18 +36,21 @@ def _sample_points(ddf: torch.Tensor) -> torch.Tensor:
 
 
 def _normalised_grid(ddf: torch.Tensor) -> torch.Tensor:
-    """``grid_sample`` grid (B, *S, ndim) in (x=last axis, ..., first axis) order."""
+    """``grid_sample`` grid (B, *S, ndim) in (x=last axis, ..., first axis)
+    order for ``align_corners=False``: voxel ``p`` maps to ``(2p + 1) / n - 1``,
+    exact for every size including 1 (``align_corners=True`` would pin a
+    size-1 axis to its only voxel and never pad)."""
     ndim = ddf.shape[1]
     pts = _sample_points(ddf)
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in ddf.shape[2:]], dtype=ddf.dtype, device=ddf.device)
-    pts = pts * scale.reshape(1, ndim, *([1] * ndim)) - 1.0
+    sizes = torch.tensor(ddf.shape[2:], dtype=ddf.dtype, device=ddf.device).reshape(1, ndim, *([1] * ndim))
+    pts = (2.0 * pts + 1.0) / sizes - 1.0
     pts = pts.permute(0, *range(2, 2 + ndim), 1)
     return pts.flip(-1)
 
 
 def warp(image: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
-    """``out(x) = image(x + ddf(x))`` through ``grid_sample`` (align_corners=True)."""
-    return F.grid_sample(image, _normalised_grid(ddf), mode=mode, padding_mode=padding_mode, align_corners=True)
+    """``out(x) = image(x + ddf(x))`` through ``grid_sample``, sampling at voxel centres."""
+    return F.grid_sample(image, _normalised_grid(ddf), mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
 def integrate_velocity(velocity: torch.Tensor, steps: int = 7, padding_mode: str = "zeros") -> torch.Tensor:

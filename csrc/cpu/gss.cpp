@@ -10,7 +10,7 @@ template <typename T>
 void CpuBackend::gss_forward(const GssArgs<T>& a, void*) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    cpu::parallel_for(a.geo.batch * e.numel(), a.num_threads, [&](int64_t i) { gss_forward_voxel(a, e, i); });
+    cpu::for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
   })
 }
 
@@ -21,14 +21,16 @@ void CpuBackend::gss_backward(const GssArgs<T>& a, void*) {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     const int64_t items = a.geo.batch * e.numel();
     A* coeffs = a.grad_moving ? a.scratch : nullptr;
-    cpu::parallel_for(items, a.num_threads, [&](int64_t i) {
-      gss_backward_voxel(a, e, i, static_cast<A*>(nullptr), coeffs ? coeffs + 3 * i : nullptr, PlainAdd());
+    const int64_t n = e.numel();
+    cpu::for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) {
+      gss_backward_voxel(a, e, x, static_cast<A*>(nullptr), coeffs ? coeffs + 3 * x.flat(n) : nullptr, PlainAdd());
     });
     if (a.grad_moving)
       cpu::scatter_without_atomics(a.grad_moving, items * a.geo.channels, items, a.geo.channels, a.num_threads,
                                    [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, A* target) {
-                                     for (int64_t i = i0; i < i1; ++i)
-                                       gss_scatter_voxel(a, e, i, coeffs + 3 * i, c0, c1, target, PlainAdd());
+                                     cpu::for_voxel_range(e, i0, i1, [&](const Voxel<NDIM>& x) {
+                                       gss_scatter_voxel(a, e, x, coeffs + 3 * x.flat(n), c0, c1, target, PlainAdd());
+                                     });
                                    });
   })
 }

@@ -24,7 +24,7 @@ struct CpuNccRunner : NccGeometry<NDIM, T> {
         this->lines(1, axis), a.num_threads,
         [&](int64_t l) {
           const int64_t s = line_start(l, e, axis);
-          box_products_line(x + s, y + s, out + s, fs, e.size[axis], e.stride(axis), r);
+          box_products_line(x + s, y + s, out + s, fs, e.size[axis], e.stride[axis], r);
         },
         e.size[axis]);
   }
@@ -33,7 +33,7 @@ struct CpuNccRunner : NccGeometry<NDIM, T> {
         this->lines(5, axis), a.num_threads,
         [&](int64_t l) {
           const int64_t s = line_start(l, e, axis);
-          box_line(in + s, out + s, e.size[axis], e.stride(axis), r);
+          box_line(in + s, out + s, e.size[axis], e.stride[axis], r);
         },
         e.size[axis]);
   }

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "gemini/voxel_math.h"
+
 namespace gemini {
 namespace cpu {
 
@@ -22,6 +24,25 @@ template <typename F>
 void parallel_for(int64_t n, int num_threads, F&& f, int64_t cost = 1) {
 #pragma omp parallel for num_threads(threads_for(n * cost, num_threads)) schedule(static)
   for (int64_t i = 0; i < n; ++i) f(i);
+}
+
+// f(voxel) for the voxels [i0, i1) of the batch, walking coordinates without divisions
+template <int NDIM, typename F>
+void for_voxel_range(const Extent<NDIM>& e, int64_t i0, int64_t i1, F&& f) {
+  if (i0 >= i1) return;
+  Voxel<NDIM> x = voxel_at(e, i0);
+  for (int64_t i = i0; i < i1; ++i, advance(x, e)) f(x);
+}
+
+// f(voxel) for every voxel of `batch` planes, in one contiguous chunk per thread
+template <int NDIM, typename F>
+void for_voxels(int64_t batch, const Extent<NDIM>& e, int num_threads, F&& f) {
+  const int64_t items = batch * e.numel();
+#pragma omp parallel num_threads(threads_for(items, num_threads))
+  {
+    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    for_voxel_range(e, items * t / T, items * (t + 1) / T, f);
+  }
 }
 
 // body(i0, i1, c0, c1, target) adds what items [i0, i1) contribute to

@@ -9,7 +9,7 @@ template <typename T>
 void CpuBackend::warp_forward(const WarpArgs<T>& a, void*) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    cpu::parallel_for(a.geo.batch * e.numel(), a.num_threads, [&](int64_t i) { warp_forward_voxel(a, e, i); });
+    cpu::for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { warp_forward_voxel(a, e, x); });
   })
 }
 
@@ -19,12 +19,13 @@ void CpuBackend::warp_backward(const WarpArgs<T>& a, void*) {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     const int64_t items = a.geo.batch * e.numel();
     if (a.grad_ddf)
-      cpu::parallel_for(items, a.num_threads, [&](int64_t i) { warp_backward_ddf_voxel(a, e, i); });
+      cpu::for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { warp_backward_ddf_voxel(a, e, x); });
     if (a.grad_image)
       cpu::scatter_without_atomics(a.grad_image, items * a.geo.channels, items, a.geo.channels, a.num_threads,
                                    [&](int64_t i0, int64_t i1, int64_t c0, int64_t c1, acc_t<T>* target) {
-                                     for (int64_t i = i0; i < i1; ++i)
-                                       warp_backward_image_voxel(a, e, i, c0, c1, target, PlainAdd());
+                                     cpu::for_voxel_range(e, i0, i1, [&](const Voxel<NDIM>& x) {
+                                       warp_backward_image_voxel(a, e, x, c0, c1, target, PlainAdd());
+                                     });
                                    });
   })
 }

@@ -10,13 +10,13 @@ namespace GEMINI_KERNEL_NS {
 
 template <int NDIM, typename T>
 __global__ void gss_forward_kernel(GssArgs<T> a, Extent<NDIM> e) {
-  GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) { gss_forward_voxel(a, e, i); }
+  GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) { gss_forward_voxel(a, e, voxel_at(e, i)); }
 }
 
 template <int NDIM, typename T>
 __global__ void gss_backward_kernel(GssArgs<T> a, Extent<NDIM> e) {
   GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) {
-    gss_backward_voxel(a, e, i, a.grad_moving, static_cast<acc_t<T>*>(nullptr), AtomicAdd());
+    gss_backward_voxel(a, e, voxel_at(e, i), a.grad_moving, static_cast<acc_t<T>*>(nullptr), AtomicAdd());
   }
 }
 

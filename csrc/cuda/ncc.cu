@@ -11,7 +11,7 @@ __global__ void ncc_products_kernel(const T* a, const T* b, acc_t<T>* out, Exten
                                     int64_t r) {
   GEMINI_KERNEL_LOOP(l, fs / e.size[axis]) {
     const int64_t s = line_start(l, e, axis);
-    box_products_line(a + s, b + s, out + s, fs, e.size[axis], e.stride(axis), r);
+    box_products_line(a + s, b + s, out + s, fs, e.size[axis], e.stride[axis], r);
   }
 }
 
@@ -19,7 +19,7 @@ template <int NDIM, typename A>
 __global__ void ncc_box_kernel(const A* in, A* out, Extent<NDIM> e, int64_t lines, int axis, int64_t r) {
   GEMINI_KERNEL_LOOP(l, lines) {
     const int64_t s = line_start(l, e, axis);
-    box_line(in + s, out + s, e.size[axis], e.stride(axis), r);
+    box_line(in + s, out + s, e.size[axis], e.stride[axis], r);
   }
 }
 

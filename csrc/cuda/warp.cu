@@ -8,18 +8,18 @@ namespace GEMINI_KERNEL_NS {
 
 template <int NDIM, typename T>
 __global__ void warp_forward_kernel(WarpArgs<T> a, Extent<NDIM> e) {
-  GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) { warp_forward_voxel(a, e, i); }
+  GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) { warp_forward_voxel(a, e, voxel_at(e, i)); }
 }
 
 template <int NDIM, typename T>
 __global__ void warp_backward_ddf_kernel(WarpArgs<T> a, Extent<NDIM> e) {
-  GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) { warp_backward_ddf_voxel(a, e, i); }
+  GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) { warp_backward_ddf_voxel(a, e, voxel_at(e, i)); }
 }
 
 template <int NDIM, typename T>
 __global__ void warp_backward_image_kernel(WarpArgs<T> a, Extent<NDIM> e) {
   GEMINI_KERNEL_LOOP(i, a.geo.batch * e.numel()) {
-    warp_backward_image_voxel(a, e, i, 0, a.geo.channels, a.grad_image, AtomicAdd());
+    warp_backward_image_voxel(a, e, voxel_at(e, i), 0, a.geo.channels, a.grad_image, AtomicAdd());
   }
 }
 

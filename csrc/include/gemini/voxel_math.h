@@ -27,30 +27,56 @@ enum Padding : int { kZeros = 0, kBorder = 1 };
 template <int NDIM>
 struct Extent {
   int64_t size[NDIM];
-  GEMINI_HD int64_t numel() const {
-    int64_t n = 1;
-    for (int k = 0; k < NDIM; ++k) n *= size[k];
-    return n;
-  }
-  GEMINI_HD int64_t stride(int k) const {
-    int64_t s = 1;
-    for (int j = k + 1; j < NDIM; ++j) s *= size[j];
-    return s;
-  }
-  // voxel index -> coordinates
-  GEMINI_HD void coords(int64_t v, int64_t* c) const {
-    for (int k = NDIM - 1; k >= 0; --k) {
-      c[k] = v % size[k];
-      v /= size[k];
-    }
-  }
+  int64_t stride[NDIM];  // of a contiguous plane
+  GEMINI_HD int64_t numel() const { return size[0] * stride[0]; }
 };
 
 template <int NDIM>
 GEMINI_HD Extent<NDIM> make_extent(const int64_t* size) {
   Extent<NDIM> e;
-  for (int k = 0; k < NDIM; ++k) e.size[k] = size[k];
+  int64_t s = 1;
+  for (int k = NDIM - 1; k >= 0; --k) {
+    e.size[k] = size[k];
+    e.stride[k] = s;
+    s *= size[k];
+  }
   return e;
+}
+
+// A voxel of a batch of planes: batch item b, flat index v in the plane, coordinates c.
+template <int NDIM>
+struct Voxel {
+  int64_t b, v;
+  int64_t c[NDIM];
+  GEMINI_HD int64_t flat(int64_t n) const { return b * n + v; }
+};
+
+// The voxel with flat index i over the batch (divisions: once per thread on
+// CUDA, once per chunk on the CPU).
+template <int NDIM>
+GEMINI_HD Voxel<NDIM> voxel_at(const Extent<NDIM>& e, int64_t i) {
+  Voxel<NDIM> x;
+  const int64_t n = e.numel();
+  x.b = i / n;
+  x.v = i - x.b * n;
+  int64_t r = x.v;
+  for (int k = 0; k < NDIM; ++k) {
+    x.c[k] = r / e.stride[k];
+    r -= x.c[k] * e.stride[k];
+  }
+  return x;
+}
+
+// The next voxel in flat order, without divisions.
+template <int NDIM>
+GEMINI_HD void advance(Voxel<NDIM>& x, const Extent<NDIM>& e) {
+  ++x.v;
+  for (int k = NDIM - 1; k >= 0; --k) {
+    if (++x.c[k] < e.size[k]) return;
+    x.c[k] = 0;
+  }
+  ++x.b;
+  x.v = 0;
 }
 
 // Coordinates far outside the volume (and NaN) are pulled to a value that is
@@ -104,7 +130,7 @@ struct Linear {
       bool in = true;
       for (int k = 0; k < NDIM; ++k) {
         const bool up = (c >> (NDIM - 1 - k)) & 1;
-        off += (lo[k] + (up ? 1 : 0)) * e.stride(k);
+        off += (lo[k] + (up ? 1 : 0)) * e.stride[k];
         w *= up ? frac[k] : A(1) - frac[k];
         in = in && (up ? hi_in[k] : lo_in[k]);
       }
@@ -114,14 +140,15 @@ struct Linear {
     }
   }
 
-  // d weight[c] / d p[k]
-  GEMINI_HD A dweight(int c, int k) const {
-    A r = ((c >> (NDIM - 1 - k)) & 1) ? A(1) : A(-1);
-    for (int j = 0; j < NDIM; ++j) {
-      if (j == k) continue;
-      r *= ((c >> (NDIM - 1 - j)) & 1) ? frac[j] : A(1) - frac[j];
-    }
-    return r * dclamp[k];
+  // d weight[c] / d p[k], for every corner and axis
+  GEMINI_HD void dweights(A (*dw)[NDIM]) const {
+    for (int c = 0; c < kCorners; ++c)
+      for (int k = 0; k < NDIM; ++k) {
+        A r = ((c >> (NDIM - 1 - k)) & 1) ? A(1) : A(-1);
+        for (int j = 0; j < NDIM; ++j)
+          if (j != k) r *= ((c >> (NDIM - 1 - j)) & 1) ? frac[j] : A(1) - frac[j];
+        dw[c][k] = r * dclamp[k];
+      }
   }
 
   template <typename T>
@@ -132,16 +159,17 @@ struct Linear {
     return v;
   }
 
-  // value, and its gradient with respect to the sample point in grad[NDIM]
+  // value, and its gradient with respect to the sample point in grad[NDIM],
+  // given dweights()
   template <typename T>
-  GEMINI_HD A value_grad(const T* plane, A* grad) const {
+  GEMINI_HD A value_grad(const T* plane, const A (*dw)[NDIM], A* grad) const {
     A v = A(0);
     for (int k = 0; k < NDIM; ++k) grad[k] = A(0);
     for (int c = 0; c < kCorners; ++c) {
       if (!inside[c]) continue;
       const A x = load<A>(plane[offset[c]]);
       v += weight[c] * x;
-      for (int k = 0; k < NDIM; ++k) grad[k] += dweight(c, k) * x;
+      for (int k = 0; k < NDIM; ++k) grad[k] += dw[c][k] * x;
     }
     return v;
   }
@@ -173,7 +201,7 @@ struct Nearest {
         offset = -1;
         return;
       }
-      offset += i * e.stride(k);
+      offset += i * e.stride[k];
     }
   }
 
@@ -188,14 +216,12 @@ struct Nearest {
   }
 };
 
-// Sample point x + ddf(x) of voxel v in batch item b; ddf is (B, NDIM, *S).
+// Sample point x + ddf(x) of voxel x; ddf is (B, NDIM, *S).
 template <int NDIM, typename T, typename A>
-GEMINI_HD void sample_point(const T* ddf, const Extent<NDIM>& e, int64_t b, int64_t v, A* p) {
+GEMINI_HD void sample_point(const T* ddf, const Extent<NDIM>& e, const Voxel<NDIM>& x, A* p) {
   const int64_t n = e.numel();
-  int64_t c[NDIM];
-  e.coords(v, c);
-  const T* d = ddf + b * NDIM * n + v;
-  for (int k = 0; k < NDIM; ++k) p[k] = static_cast<A>(c[k]) + load<A>(d[k * n]);
+  const T* d = ddf + x.b * NDIM * n + x.v;
+  for (int k = 0; k < NDIM; ++k) p[k] = static_cast<A>(x.c[k]) + load<A>(d[k * n]);
 }
 
 // 1 where the nearest voxel of the sample point lies inside the volume.
@@ -300,7 +326,7 @@ GEMINI_HD void box_products_line(const T* a, const T* b, A* out, int64_t field_s
 // Start of line l of the lines that run along axis k of volumes of extent e.
 template <int NDIM>
 GEMINI_HD int64_t line_start(int64_t l, const Extent<NDIM>& e, int k) {
-  const int64_t len = e.size[k], inner = e.stride(k);
+  const int64_t len = e.size[k], inner = e.stride[k];
   const int64_t per_volume = e.numel() / len;
   const int64_t vol = l / per_volume, rem = l % per_volume;
   return vol * e.numel() + (rem / inner) * len * inner + rem % inner;

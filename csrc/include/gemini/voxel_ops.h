@@ -12,47 +12,49 @@ namespace gemini {
 // ---- warp ----------------------------------------------------------------
 
 template <int NDIM, typename T>
-GEMINI_HD void warp_forward_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t i) {
+GEMINI_HD void warp_forward_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x) {
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = i / n, v = i % n;
+  const int64_t b = x.b, v = x.v;
   A p[NDIM];
-  sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
+  sample_point<NDIM, T, A>(a.ddf, e, x, p);
   const T* img = a.image + b * C * n;
   const T* base = a.base ? a.base + b * C * n : nullptr;
   T* out = a.out + b * C * n;
   if (a.mode == kNearest) {
     const Nearest<NDIM, A> s(p, e, a.padding);
     for (int64_t c = 0; c < C; ++c) {
-      const A x = s.template value<T, A>(img + c * n) + (base ? load<A>(base[c * n + v]) : A(0));
-      out[c * n + v] = store<T>(x);
+      const A y = s.template value<T, A>(img + c * n) + (base ? load<A>(base[c * n + v]) : A(0));
+      out[c * n + v] = store<T>(y);
     }
   } else {
     const Linear<NDIM, A> s(p, e, a.padding);
     for (int64_t c = 0; c < C; ++c) {
-      const A x = s.value(img + c * n) + (base ? load<A>(base[c * n + v]) : A(0));
-      out[c * n + v] = store<T>(x);
+      const A y = s.value(img + c * n) + (base ? load<A>(base[c * n + v]) : A(0));
+      out[c * n + v] = store<T>(y);
     }
   }
 }
 
 // grad_ddf = grad_ddf_base + sum_c grad_c * d image_c(x + ddf) / d ddf
 template <int NDIM, typename T>
-GEMINI_HD void warp_backward_ddf_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t i) {
+GEMINI_HD void warp_backward_ddf_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x) {
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = i / n, v = i % n;
+  const int64_t b = x.b, v = x.v;
   A acc[NDIM];
   for (int k = 0; k < NDIM; ++k)
     acc[k] = a.grad_ddf_base ? load<A>(a.grad_ddf_base[(b * NDIM + k) * n + v]) : A(0);
   if (a.mode != kNearest) {  // nearest sampling is piecewise constant in ddf
     A p[NDIM];
-    sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
+    sample_point<NDIM, T, A>(a.ddf, e, x, p);
     const Linear<NDIM, A> s(p, e, a.padding);
+    A dw[Linear<NDIM, A>::kCorners][NDIM];
+    s.dweights(dw);
     for (int64_t c = 0; c < C; ++c) {
       const A g = load<A>(a.grad[(b * C + c) * n + v]);
       A dv[NDIM];
-      s.value_grad(a.image + (b * C + c) * n, dv);
+      s.value_grad(a.image + (b * C + c) * n, dw, dv);
       for (int k = 0; k < NDIM; ++k) acc[k] += g * dv[k];
     }
   }
@@ -61,13 +63,13 @@ GEMINI_HD void warp_backward_ddf_voxel(const WarpArgs<T>& a, const Extent<NDIM>&
 
 // target[b, c] += grad[b, c, v] at the corners sampled by voxel i, c in [c0, c1)
 template <int NDIM, typename T, typename Add>
-GEMINI_HD void warp_backward_image_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t i, int64_t c0,
-                                         int64_t c1, acc_t<T>* target, const Add& add) {
+GEMINI_HD void warp_backward_image_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x,
+                                         int64_t c0, int64_t c1, acc_t<T>* target, const Add& add) {
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = i / n, v = i % n;
+  const int64_t b = x.b, v = x.v;
   A p[NDIM];
-  sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
+  sample_point<NDIM, T, A>(a.ddf, e, x, p);
   if (a.mode == kNearest) {
     const Nearest<NDIM, A> s(p, e, a.padding);
     for (int64_t c = c0; c < c1; ++c)
@@ -82,12 +84,12 @@ GEMINI_HD void warp_backward_image_voxel(const WarpArgs<T>& a, const Extent<NDIM
 // ---- GSS -----------------------------------------------------------------
 
 template <int NDIM, typename T>
-GEMINI_HD void gss_forward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t i) {
+GEMINI_HD void gss_forward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x) {
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = i / n, v = i % n;
+  const int64_t b = x.b, v = x.v, i = x.flat(n);
   A p[NDIM];
-  sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
+  sample_point<NDIM, T, A>(a.ddf, e, x, p);
   const Linear<NDIM, A> s(p, e, kZeros);
   const GssVoxel<A> r = gss_sums(s, a.moving + b * C * n, a.fixed + b * C * n, C, n, v);
   a.cos[i] = store<T>(gss_cosine(r, static_cast<A>(a.eps)));
@@ -98,11 +100,11 @@ GEMINI_HD void gss_forward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int
 // target when it is not null; stores (kw1, kw2, 1 if active) in coeffs[3]
 // when not null, for a later scatter pass.
 template <int NDIM, typename T, typename Add>
-GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t i, acc_t<T>* target,
-                                  acc_t<T>* coeffs, const Add& add) {
+GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x,
+                                  acc_t<T>* target, acc_t<T>* coeffs, const Add& add) {
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = i / n, v = i % n;
+  const int64_t b = x.b, v = x.v, i = x.flat(n);
   const A g = load<A>(a.grad[i]);
   A gd[NDIM];
   for (int k = 0; k < NDIM; ++k) gd[k] = A(0);
@@ -112,8 +114,10 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, in
       for (int64_t c = 0; c < C; ++c) a.grad_fixed[(b * C + c) * n + v] = store<T>(A(0));
   } else {
     A p[NDIM];
-    sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
+    sample_point<NDIM, T, A>(a.ddf, e, x, p);
     const Linear<NDIM, A> s(p, e, kZeros);
+    A dwt[Linear<NDIM, A>::kCorners][NDIM];
+    s.dweights(dwt);
     const T* fm = a.moving + b * C * n;
     const T* ff = a.fixed + b * C * n;
     const GssCoeffs<A> k = gss_coeffs(gss_sums(s, fm, ff, C, n, v), g, static_cast<A>(a.eps));
@@ -125,7 +129,7 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, in
     }
     for (int64_t c = 0; c < C; ++c) {
       A dv[NDIM];
-      const A w = s.value_grad(fm + c * n, dv);
+      const A w = s.value_grad(fm + c * n, dwt, dv);
       const A f = load<A>(ff[c * n + v]);
       const A dw = k.kw1 * f - k.kw2 * w;
       if (a.grad_fixed) a.grad_fixed[(b * C + c) * n + v] = store<T>(sf * (k.kw1 * w - k.kf2 * f));
@@ -141,14 +145,14 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, in
 
 // The moving-feature scatter of voxel i from stored coefficients, channels [c0, c1).
 template <int NDIM, typename T, typename Add>
-GEMINI_HD void gss_scatter_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t i, const acc_t<T>* coeffs,
-                                 int64_t c0, int64_t c1, acc_t<T>* target, const Add& add) {
+GEMINI_HD void gss_scatter_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x,
+                                 const acc_t<T>* coeffs, int64_t c0, int64_t c1, acc_t<T>* target, const Add& add) {
   using A = acc_t<T>;
   if (coeffs[2] == A(0)) return;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = i / n, v = i % n;
+  const int64_t b = x.b, v = x.v;
   A p[NDIM];
-  sample_point<NDIM, T, A>(a.ddf, e, b, v, p);
+  sample_point<NDIM, T, A>(a.ddf, e, x, p);
   const Linear<NDIM, A> s(p, e, kZeros);
   const T* fm = a.moving + b * C * n;
   const T* ff = a.fixed + b * C * n;

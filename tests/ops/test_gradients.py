@@ -1,0 +1,271 @@
+"""Gradients of the compiled and emulated backends against the reference's
+autograd gradients, and ``torch.autograd.gradcheck`` in float64 for every
+differentiable input of every op."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opsutil import (
+    BACKENDS,
+    DTYPES,
+    assert_rel_close,
+    avoid_ties,
+    gradcheck_kwargs,
+    layout,
+    randn,
+    random_ddf,
+    spatial_shape,
+)
+
+import gemini_ops
+from gemini_ops import reference
+
+# (ndim, batch, layout, seed)
+CASES = [(2, 1, "sliced", 11), (2, 2, "contiguous", 12), (3, 1, "transposed", 13), (3, 2, "channels_last", 14)]
+
+
+def case_id(c):
+    return f"{c[0]}d-b{c[1]}-{c[2]}"
+
+
+def leaf(t: torch.Tensor, kind: str = "contiguous") -> torch.Tensor:
+    return layout(t.detach(), kind).requires_grad_(True)
+
+
+def grads(out: torch.Tensor, inputs, seed: int):
+    """Gradients of <out, w> for a random upstream gradient w."""
+    w = randn(out.shape, torch.float64, seed).to(out.dtype) if out.dim() else torch.tensor(1.7, dtype=out.dtype)
+    return torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
+
+
+# ---------------------------------------------------------------- vs reference
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warp_grads_match_reference(backend, dtype, mode, padding_mode, case):
+    ndim, batch, kind, seed = case
+    spatial = spatial_shape(ndim, seed)
+    image = randn((batch, 2, *spatial), dtype, seed)
+    ddf = random_ddf(batch, ndim, spatial, dtype, seed + 1, scale=2.0)
+    i1, d1 = leaf(image, kind), leaf(ddf, kind)
+    g = grads(gemini_ops.warp(i1, d1, mode, padding_mode, backend=backend), (i1, d1), seed)
+    i2, d2 = leaf(image), leaf(ddf)
+    r = grads(reference.warp(i2, d2, mode, padding_mode), (i2, d2), seed)
+    assert_rel_close(g[0], r[0], dtype, what="d/d image")
+    if mode == "nearest":  # piecewise constant in ddf: a zero gradient, not None
+        assert g[1] is not None and torch.count_nonzero(g[1]) == 0
+    else:
+        assert_rel_close(g[1], r[1], dtype, what="d/d ddf")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("steps", [0, 1, 3, 7])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_integrate_grads_match_reference(backend, dtype, steps, case):
+    ndim, batch, kind, seed = case
+    spatial = spatial_shape(ndim, seed)
+    velocity = randn((batch, ndim, *spatial), dtype, seed + steps, scale=2.0)
+    for padding_mode in ("zeros", "border"):
+        v1, v2 = leaf(velocity, kind), leaf(velocity)
+        (g,) = grads(gemini_ops.integrate_velocity(v1, steps, padding_mode, backend=backend), (v1,), seed)
+        (r,) = grads(reference.integrate_velocity(v2, steps, padding_mode), (v2,), seed)
+        assert_rel_close(g, r, dtype, what=f"d/d velocity steps={steps} {padding_mode}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("with_mask", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gss_grads_match_reference(backend, dtype, with_mask, reduction, case):
+    ndim, batch, kind, seed = case
+    spatial = spatial_shape(ndim, seed)
+    fm, ff = randn((batch, 3, *spatial), dtype, seed), randn((batch, 3, *spatial), dtype, seed + 1)
+    ddf = random_ddf(batch, ndim, spatial, dtype, seed + 2, scale=1.5)
+    mask = (torch.rand((batch, 1, *spatial), generator=torch.Generator().manual_seed(seed)) > 0.3).to(dtype)
+    m = mask if with_mask else None
+    for scales in [(1.0, 1.0, 1.0), (0.1, 2.5, 0.7)]:
+        x1 = [leaf(t, kind) for t in (fm, ff, ddf)]
+        out = gemini_ops.gss_similarity(*x1, m, reduction, grad_scales=scales, backend=backend)
+        g = grads(out, x1, seed)
+        # a float64 oracle. The cosine's gradient subtracts nearly parallel
+        # vectors (f/|f| - cos w/|w|) and the ddf gradient multiplies that by
+        # differences of neighbouring values: float32 kernels land at ~1.05e-5
+        # of the largest entry here, hence factor 2 for float32.
+        x2 = [leaf(t.double()) for t in (fm, ff, ddf)]
+        cos = reference.gss_map(*x2)
+        weight = mask.double() if with_mask else reference.sample_mask(x2[2])
+        ref = cos * weight if reduction == "none" else (cos * weight).sum() / weight.sum()
+        r = grads(ref, x2, seed)
+        for name, gi, ri, s in zip(("feat_moving", "feat_fixed", "ddf"), g, r, scales):
+            factor = 2.0 if dtype == torch.float32 else 1.0
+            assert_rel_close(gi, (s * ri).to(dtype), dtype, factor=factor, what=f"d/d {name}, scale {s}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gss_grad_scales_scale_gradients(backend, dtype, case):
+    """grad_scales multiply each input's gradient (0 included) and leave the value."""
+    ndim, batch, kind, seed = case
+    spatial = spatial_shape(ndim, seed)
+    inputs = [randn((batch, 2, *spatial), dtype, seed), randn((batch, 2, *spatial), dtype, seed + 1)]
+    inputs.append(random_ddf(batch, ndim, spatial, dtype, seed + 2, scale=1.0))
+    x = [leaf(t) for t in inputs]
+    base_value = gemini_ops.gss_similarity(*x, backend=backend)
+    base = grads(base_value, x, seed)
+    for scales in [(0.1, 0.1, 1.0), (0.0, 3.0, 0.5), (2.0, 0.0, 0.0)]:
+        x = [leaf(t) for t in inputs]
+        value = gemini_ops.gss_similarity(*x, grad_scales=scales, backend=backend)
+        assert_rel_close(value, base_value, dtype, floor=1.0, what="value")
+        g = grads(value, x, seed)
+        for gi, bi, s in zip(g, base, scales):
+            assert gi is not None
+            assert_rel_close(gi, s * bi, dtype, floor=1e-3 * bi.abs().max().item(), what=f"scale {s}")
+            assert (s == 0) == (torch.count_nonzero(gi) == 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@pytest.mark.parametrize("squared", [True, False])
+@pytest.mark.parametrize("window", [1, 3, 5, 9])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_ncc_grads_match_reference(backend, dtype, window, squared, case):
+    ndim, batch, kind, seed = case
+    spatial = spatial_shape(ndim, seed)
+    a = randn((batch, 2, *spatial), dtype, seed)
+    b = (a.double() + randn(a.shape, torch.float64, seed + 1, 0.7)).to(dtype)
+    mask = (torch.rand((batch, 1, *spatial), generator=torch.Generator().manual_seed(seed)) > 0.5).to(dtype)
+    for m in (None, mask):
+        x1 = [leaf(a, kind), leaf(b, kind)]
+        g = grads(gemini_ops.local_ncc(*x1, window, m, squared, backend=backend), x1, seed)
+        x2 = [leaf(a), leaf(b)]
+        cc = reference.local_ncc_map(*x2, window, squared, 1e-5)
+        ref = cc.mean() if m is None else (cc * m).sum() / m.expand_as(cc).sum()
+        r = grads(ref, x2, seed)
+        if window == 1:  # the map is identically 0 (up to rounding), and so is its gradient
+            scale = 1.0 / a.numel()  # the gradient's scale for an O(1) per-voxel map
+            for gi in g:
+                assert gi.abs().max().item() <= 1e-3 * scale
+            continue
+        for name, gi, ri in zip("ab", g, r):
+            assert_rel_close(gi, ri, dtype, what=f"d/d {name} (mask={m is not None})")
+
+
+# ---------------------------------------------------------------- gradcheck
+GC_SHAPES = {2: (2, 2, 5, 4), 3: (1, 2, 4, 3, 4)}
+
+
+def _f64(shape, seed, scale=1.0, ties=False):
+    t = randn(shape, torch.float64, seed, scale)
+    if ties:
+        t = avoid_ties(t)
+    return t.requires_grad_(True)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("one_thread")
+def test_gradcheck_warp(backend, ndim, padding_mode):
+    shape = GC_SHAPES[ndim]
+    image = _f64(shape, 1)
+    ddf = _f64((shape[0], ndim, *shape[2:]), 2, scale=1.5, ties=True)
+    kw = gradcheck_kwargs(backend)
+    assert torch.autograd.gradcheck(
+        lambda i, d: gemini_ops.warp(i, d, "bilinear", padding_mode, backend=backend), (image, ddf), **kw
+    )
+    # nearest: differentiable in the image only (wrt ddf gradcheck compares with its zero gradient)
+    assert torch.autograd.gradcheck(
+        lambda i, d: gemini_ops.warp(i, d, "nearest", padding_mode, backend=backend), (image, ddf), **kw
+    )
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("one_thread")
+def test_gradcheck_integrate(backend, ndim, steps):
+    shape = GC_SHAPES[ndim]
+    velocity = _f64((shape[0], ndim, *shape[2:]), 3 + steps, scale=1.5)
+    for padding_mode in ("zeros", "border"):
+        assert torch.autograd.gradcheck(
+            lambda v, p=padding_mode: gemini_ops.integrate_velocity(v, steps, p, backend=backend),
+            (velocity,),
+            **gradcheck_kwargs(backend),
+        )
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("one_thread")
+def test_gradcheck_gss(backend, ndim, reduction):
+    shape = GC_SHAPES[ndim]
+    fm, ff = _f64(shape, 5), _f64(shape, 6)
+    ddf = _f64((shape[0], ndim, *shape[2:]), 7, scale=1.2, ties=True)
+    kw = gradcheck_kwargs(backend)
+    mask = (randn((shape[0], 1, *shape[2:]), torch.float64, 8) > -0.5).double()
+    for m in (None, mask):
+        assert torch.autograd.gradcheck(
+            lambda a, b, d, m=m: gemini_ops.gss_similarity(a, b, d, m, reduction, backend=backend), (fm, ff, ddf), **kw
+        )
+    # grad_scales != 1: the backward is the scaled derivative. g(x) = gss(x) + (s - 1) * gss(x.detach())
+    # has the value of gss and the plain derivative of s * gss... so instead compare with
+    # gradcheck of h(x) = gss(x) / s_i applied through the scaled op: d h / d x_i is the true derivative
+    scales = (0.1, 2.0, 0.5)
+    for i, s in enumerate(scales):
+        one = [1.0, 1.0, 1.0]
+        one[i] = s
+
+        def unscaled(a, b, d, i=i, s=s, one=tuple(one)):
+            # the scaled op's backward for input i is s * (true derivative); dividing the output by
+            # s and adding back (1 - 1/s) * detached value keeps the value and restores the true
+            # derivative, which gradcheck then compares with finite differences
+            out = gemini_ops.gss_similarity(a, b, d, None, reduction, grad_scales=one, backend=backend)
+            return out / s + (1 - 1 / s) * out.detach()
+
+        inputs = [t if k == i else t.detach() for k, t in enumerate((fm, ff, ddf))]
+        assert torch.autograd.gradcheck(unscaled, tuple(inputs), **kw)
+
+
+@pytest.mark.parametrize("squared", [True, False])
+@pytest.mark.parametrize("window", [3, 5])  # a 1-voxel window gives 0 (rounding noise): see the grads test
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.usefixtures("one_thread")
+def test_gradcheck_local_ncc(backend, ndim, window, squared):
+    shape = GC_SHAPES[ndim]
+    a = _f64(shape, 10)
+    b = (a.detach() + randn(shape, torch.float64, 11, 0.8)).requires_grad_()
+    mask = (randn((shape[0], 1, *shape[2:]), torch.float64, 12) > 0).double()
+    kw = gradcheck_kwargs(backend)
+    assert torch.autograd.gradcheck(
+        lambda x, y: gemini_ops.local_ncc(x, y, window, None, squared, reduction="none", backend=backend), (a, b), **kw
+    )
+    assert torch.autograd.gradcheck(
+        lambda x, y: gemini_ops.local_ncc(x, y, window, mask, squared, backend=backend), (a, b), **kw
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_to_one_input_only(backend):
+    """needs_input_grad is honoured: a gradient to one input equals that input's
+    gradient when both are requested."""
+    shape = GC_SHAPES[3]
+    image, ddf = randn(shape, torch.float64, 1), random_ddf(1, 3, shape[2:], torch.float64, 2, 1.5)
+    both = grads(gemini_ops.warp(leaf(image), d := leaf(ddf), backend=backend), (d,), 3)
+    only = grads(gemini_ops.warp(image, d2 := leaf(ddf), backend=backend), (d2,), 3)
+    assert_rel_close(only[0], both[0], torch.float64, what="ddf only")
+    a, b = randn(shape, torch.float64, 4), randn(shape, torch.float64, 5)
+    ga = grads(gemini_ops.local_ncc(la := leaf(a), b, 3, backend=backend), (la,), 6)[0]
+    gab = grads(gemini_ops.local_ncc(la2 := leaf(a), leaf(b), 3, backend=backend), (la2,), 6)[0]
+    assert_rel_close(ga, gab, torch.float64, what="a only")
+    fm, ff = randn(shape, torch.float64, 7), randn(shape, torch.float64, 8)
+    gd = grads(gemini_ops.gss_similarity(fm, ff, d3 := leaf(ddf), backend=backend), (d3,), 9)[0]
+    gref = grads(gemini_ops.gss_similarity(fm, ff, d4 := leaf(ddf), backend="reference"), (d4,), 9)[0]
+    assert_rel_close(gd, gref, torch.float64, what="gss ddf only")
