@@ -84,7 +84,7 @@ def main() -> None:
     sources += sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
     sources += sorted(glob.glob(os.path.join(csrc, "emulated", "*.cpp")))
     include_dirs = [os.path.join(HERE, csrc, "include"), os.path.join(HERE, csrc, "cuda")]
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno"]
     link = ["-fopenmp"]
     if os.environ.get("GEMINI_SANITIZE") == "1":
         san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-g"]

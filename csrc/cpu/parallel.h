@@ -45,6 +45,12 @@ void for_voxels(int64_t batch, const Extent<NDIM>& e, int num_threads, F&& f) {
   }
 }
 
+// Whether scatter_without_atomics gives threads disjoint channels (else each
+// thread owns a range of items and a buffer of its own).
+inline bool partitions_channels(int64_t channels, int nt) {
+  return channels >= nt && (channels % nt == 0 || channels >= 4 * nt);
+}
+
 // body(i0, i1, c0, c1, target) adds what items [i0, i1) contribute to
 // channels [c0, c1) into target, a buffer shaped like out (out_numel values).
 template <typename G, typename Body>
@@ -55,7 +61,7 @@ void scatter_without_atomics(G* out, int64_t out_numel, int64_t items, int64_t c
     body(int64_t(0), items, int64_t(0), channels, out);
     return;
   }
-  if (channels >= nt && (channels % nt == 0 || channels >= 4 * nt)) {
+  if (partitions_channels(channels, nt)) {
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();

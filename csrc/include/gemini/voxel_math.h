@@ -79,6 +79,28 @@ GEMINI_HD void advance(Voxel<NDIM>& x, const Extent<NDIM>& e) {
   x.v = 0;
 }
 
+// floor and round-half-to-even of a coordinate already pulled into the int64
+// range by safe_coord: on the host without SSE4.1, std::floor and
+// std::nearbyint are library calls, far slower than the conversion.
+template <typename A>
+GEMINI_HD int64_t floor_index(A q) {
+#ifdef __CUDA_ARCH__
+  return static_cast<int64_t>(floor(q));
+#else
+  const int64_t i = static_cast<int64_t>(q);  // truncates toward zero
+  return (static_cast<A>(i) > q) ? i - 1 : i;
+#endif
+}
+
+template <typename A>
+GEMINI_HD int64_t round_index(A q) {
+  const int64_t i = floor_index(q);
+  const A d = q - static_cast<A>(i);
+  if (d > A(0.5)) return i + 1;
+  if (d < A(0.5)) return i;
+  return (i & 1) ? i + 1 : i;  // a tie goes to the even neighbour
+}
+
 // Coordinates far outside the volume (and NaN) are pulled to a value that is
 // still outside, so the cast to an integer index never overflows.
 template <typename A>
@@ -118,9 +140,8 @@ struct Linear {
         }
       }
       q = safe_coord(q, e.size[k]);
-      const A fl = std::floor(q);
-      lo[k] = static_cast<int64_t>(fl);
-      frac[k] = q - fl;
+      lo[k] = floor_index(q);
+      frac[k] = q - static_cast<A>(lo[k]);
       lo_in[k] = lo[k] >= 0 && lo[k] < e.size[k];
       hi_in[k] = lo[k] + 1 >= 0 && lo[k] + 1 < e.size[k];
     }
@@ -196,7 +217,7 @@ struct Nearest {
         const A top = A(e.size[k] - 1);
         q = q > A(0) ? (q < top ? q : top) : A(0);
       }
-      const int64_t i = static_cast<int64_t>(std::nearbyint(safe_coord(q, e.size[k])));
+      const int64_t i = round_index(safe_coord(q, e.size[k]));
       if (i < 0 || i >= e.size[k]) {
         offset = -1;
         return;
@@ -228,8 +249,8 @@ GEMINI_HD void sample_point(const T* ddf, const Extent<NDIM>& e, const Voxel<NDI
 template <int NDIM, typename A>
 GEMINI_HD bool point_inside(const A* p, const Extent<NDIM>& e) {
   for (int k = 0; k < NDIM; ++k) {
-    const A r = std::nearbyint(safe_coord(p[k], e.size[k]));
-    if (r < A(0) || r > A(e.size[k] - 1)) return false;
+    const int64_t r = round_index(safe_coord(p[k], e.size[k]));
+    if (r < 0 || r > e.size[k] - 1) return false;
   }
   return true;
 }

@@ -81,6 +81,39 @@ GEMINI_HD void warp_backward_image_voxel(const WarpArgs<T>& a, const Extent<NDIM
   }
 }
 
+// Both gradients of voxel i in one pass (bilinear): scatters into target
+// and, when ddf_into_target, adds the displacement gradient into target too
+// (target then holds C == NDIM channels: a squaring step's backward), else
+// writes it to a.grad_ddf. For callers whose threads own whole voxels.
+template <int NDIM, typename T, typename Add>
+GEMINI_HD void warp_backward_fused_voxel(const WarpArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x,
+                                         acc_t<T>* target, bool ddf_into_target, const Add& add) {
+  using A = acc_t<T>;
+  const int64_t n = e.numel(), C = a.geo.channels;
+  const int64_t b = x.b, v = x.v;
+  A p[NDIM];
+  sample_point<NDIM, T, A>(a.ddf, e, x, p);
+  const Linear<NDIM, A> s(p, e, a.padding);
+  A dw[Linear<NDIM, A>::kCorners][NDIM];
+  s.dweights(dw);
+  A acc[NDIM];
+  for (int k = 0; k < NDIM; ++k)
+    acc[k] = a.grad_ddf_base ? load<A>(a.grad_ddf_base[(b * NDIM + k) * n + v]) : A(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const A g = load<A>(a.grad[(b * C + c) * n + v]);
+    A dv[NDIM];
+    s.value_grad(a.image + (b * C + c) * n, dw, dv);
+    for (int k = 0; k < NDIM; ++k) acc[k] += g * dv[k];
+    s.scatter(target + (b * C + c) * n, g, add);
+  }
+  for (int k = 0; k < NDIM; ++k) {
+    if (ddf_into_target)
+      add(target + (b * NDIM + k) * n + v, acc[k]);
+    else
+      a.grad_ddf[(b * NDIM + k) * n + v] = store<T>(acc[k]);
+  }
+}
+
 // ---- GSS -----------------------------------------------------------------
 
 template <int NDIM, typename T>
