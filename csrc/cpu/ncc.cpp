@@ -8,46 +8,42 @@ namespace gemini {
 namespace {
 
 template <int NDIM, typename T>
-struct CpuNccRunner : NccGeometry<NDIM, T> {
+struct CpuNccRunner {
   using A = acc_t<T>;
-  using G = NccGeometry<NDIM, T>;
-  using G::a;
-  using G::e;
-  using G::fs;
-  using G::n;
-  using G::r;
+  const NccGeometry<NDIM, T> g;
 
-  CpuNccRunner(const NccArgs<T>& args, void*) : G(args) {}
+  CpuNccRunner(const NccArgs<T>& args, void*) : g(args) {}
 
   void products(const T* x, const T* y, A* out, int axis) {
+    const Extent<NDIM>& e = g.e;
     cpu::parallel_for(
-        this->lines(1, axis), a.num_threads,
+        g.lines(1, axis), g.a.num_threads,
         [&](int64_t l) {
           const int64_t s = line_start(l, e, axis);
-          box_products_line(x + s, y + s, out + s, fs, e.size[axis], e.stride[axis], r);
+          box_products_line(x + s, y + s, out + s, g.fs, e.size[axis], e.stride[axis], g.r);
         },
         e.size[axis]);
   }
   void box(const A* in, A* out, int axis) {
+    const Extent<NDIM>& e = g.e;
     cpu::parallel_for(
-        this->lines(5, axis), a.num_threads,
+        g.lines(5, axis), g.a.num_threads,
         [&](int64_t l) {
           const int64_t s = line_start(l, e, axis);
-          box_line(in + s, out + s, e.size[axis], e.stride[axis], r);
+          box_line(in + s, out + s, e.size[axis], e.stride[axis], g.r);
         },
         e.size[axis]);
   }
   void value(const A* sums, T* out) {
-    const A eps = static_cast<A>(a.eps);
-    cpu::parallel_for(fs, a.num_threads, [&](int64_t i) { ncc_value_voxel(sums, out, fs, n, a.squared, eps, i); });
+    cpu::parallel_for(g.fs, g.a.num_threads,
+                      [&](int64_t i) { ncc_value_voxel(sums, out, g.fs, g.n, g.a.squared, g.eps, i); });
   }
   void sum_grads(const A* sums, const T* grad, A* out) {
-    const A eps = static_cast<A>(a.eps);
-    cpu::parallel_for(fs, a.num_threads,
-                      [&](int64_t i) { ncc_sum_grads_voxel(sums, grad, out, fs, n, a.squared, eps, i); });
+    cpu::parallel_for(g.fs, g.a.num_threads,
+                      [&](int64_t i) { ncc_sum_grads_voxel(sums, grad, out, g.fs, g.n, g.a.squared, g.eps, i); });
   }
   void input_grads(const A* bg) {
-    cpu::parallel_for(fs, a.num_threads, [&](int64_t i) { ncc_input_grads_voxel(bg, a, fs, i); });
+    cpu::parallel_for(g.fs, g.a.num_threads, [&](int64_t i) { ncc_input_grads_voxel(bg, g.a, g.fs, i); });
   }
 };
 

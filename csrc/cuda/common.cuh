@@ -49,6 +49,25 @@ struct AtomicAdd {
   }
 };
 
+// The kernel's instantiations for every kernel-side type of this build
+// (half types only in the real CUDA build: the shim has none).
+#ifdef GEMINI_EMULATE
+#define GEMINI_FOR_EACH_TYPE(M) M(float) M(double)
+#else
+#define GEMINI_FOR_EACH_TYPE(M) M(float) M(double) M(__half) M(__nv_bfloat16)
+#endif
+
+// Launches kernel<NDIM, T>(args, extent) over the batch's voxels.
+#define GEMINI_LAUNCH_VOXELS(kernel, args, stream, what)                                        \
+  do {                                                                                          \
+    GEMINI_DISPATCH_NDIM((args).geo.ndim, {                                                     \
+      const Extent<NDIM> e = make_extent<NDIM>((args).geo.size);                               \
+      auto k = kernel<NDIM, T>;                                                                 \
+      GEMINI_LAUNCH(k, blocks_for((args).geo.batch * e.numel()), dim3(kThreads), stream, args, e); \
+      check_launch(what);                                                                       \
+    })                                                                                          \
+  } while (0)
+
 // 64-bit grid-stride loop over [0, n)
 #define GEMINI_KERNEL_LOOP(i, n)                                                     \
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \

@@ -25,34 +25,19 @@ __global__ void gss_backward_kernel(GssArgs<T> a, Extent<NDIM> e) {
 template <typename T>
 void GEMINI_BACKEND::gss_forward(const GssArgs<T>& a, void* stream) {
   using namespace GEMINI_KERNEL_NS;
-  GEMINI_DISPATCH_NDIM(a.geo.ndim, {
-    const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    auto kernel = gss_forward_kernel<NDIM, T>;
-    GEMINI_LAUNCH(kernel, blocks_for(a.geo.batch * e.numel()), dim3(kThreads), stream, a, e);
-    check_launch("gemini gss_forward");
-  })
+  GEMINI_LAUNCH_VOXELS(gss_forward_kernel, a, stream, "gemini gss_forward");
 }
 
 template <typename T>
 void GEMINI_BACKEND::gss_backward(const GssArgs<T>& a, void* stream) {
   using namespace GEMINI_KERNEL_NS;
-  GEMINI_DISPATCH_NDIM(a.geo.ndim, {
-    const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    auto kernel = gss_backward_kernel<NDIM, T>;
-    GEMINI_LAUNCH(kernel, blocks_for(a.geo.batch * e.numel()), dim3(kThreads), stream, a, e);
-    check_launch("gemini gss_backward");
-  })
+  GEMINI_LAUNCH_VOXELS(gss_backward_kernel, a, stream, "gemini gss_backward");
 }
 
 #define GEMINI_INSTANTIATE(T)                                              \
   template void GEMINI_BACKEND::gss_forward<T>(const GssArgs<T>&, void*); \
   template void GEMINI_BACKEND::gss_backward<T>(const GssArgs<T>&, void*);
-GEMINI_INSTANTIATE(float)
-GEMINI_INSTANTIATE(double)
-#ifndef GEMINI_EMULATE
-GEMINI_INSTANTIATE(__half)
-GEMINI_INSTANTIATE(__nv_bfloat16)
-#endif
+GEMINI_FOR_EACH_TYPE(GEMINI_INSTANTIATE)
 #undef GEMINI_INSTANTIATE
 
 }  // namespace gemini

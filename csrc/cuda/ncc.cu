@@ -40,43 +40,37 @@ __global__ void ncc_input_grads_kernel(const acc_t<T>* bg, NccArgs<T> a, int64_t
 }
 
 template <int NDIM, typename T>
-struct NccRunner : NccGeometry<NDIM, T> {
+struct NccRunner {
   using A = acc_t<T>;
-  using G = NccGeometry<NDIM, T>;
-  using G::a;
-  using G::e;
-  using G::fs;
-  using G::n;
-  using G::r;
+  const NccGeometry<NDIM, T> g;
   void* stream;
 
-  NccRunner(const NccArgs<T>& args, void* s) : G(args), stream(s) {}
+  NccRunner(const NccArgs<T>& args, void* s) : g(args), stream(s) {}
 
   void products(const T* x, const T* y, A* out, int axis) {
     auto kernel = ncc_products_kernel<NDIM, T>;
-    GEMINI_LAUNCH(kernel, blocks_for(this->lines(1, axis)), dim3(kThreads), stream, x, y, out, e, fs, axis, r);
+    GEMINI_LAUNCH(kernel, blocks_for(g.lines(1, axis)), dim3(kThreads), stream, x, y, out, g.e, g.fs, axis, g.r);
     check_launch("gemini local_ncc (products)");
   }
   void box(const A* in, A* out, int axis) {
     auto kernel = ncc_box_kernel<NDIM, A>;
-    const int64_t lines = this->lines(5, axis);
-    GEMINI_LAUNCH(kernel, blocks_for(lines), dim3(kThreads), stream, in, out, e, lines, axis, r);
+    const int64_t lines = g.lines(5, axis);
+    GEMINI_LAUNCH(kernel, blocks_for(lines), dim3(kThreads), stream, in, out, g.e, lines, axis, g.r);
     check_launch("gemini local_ncc (box)");
   }
   void value(const A* sums, T* out) {
     auto kernel = ncc_value_kernel<T>;
-    GEMINI_LAUNCH(kernel, blocks_for(fs), dim3(kThreads), stream, sums, out, fs, n, a.squared, static_cast<A>(a.eps));
+    GEMINI_LAUNCH(kernel, blocks_for(g.fs), dim3(kThreads), stream, sums, out, g.fs, g.n, g.a.squared, g.eps);
     check_launch("gemini local_ncc (value)");
   }
   void sum_grads(const A* sums, const T* grad, A* out) {
     auto kernel = ncc_sum_grads_kernel<T>;
-    GEMINI_LAUNCH(kernel, blocks_for(fs), dim3(kThreads), stream, sums, grad, out, fs, n, a.squared,
-                  static_cast<A>(a.eps));
+    GEMINI_LAUNCH(kernel, blocks_for(g.fs), dim3(kThreads), stream, sums, grad, out, g.fs, g.n, g.a.squared, g.eps);
     check_launch("gemini local_ncc (sum grads)");
   }
   void input_grads(const A* bg) {
     auto kernel = ncc_input_grads_kernel<T>;
-    GEMINI_LAUNCH(kernel, blocks_for(fs), dim3(kThreads), stream, bg, a, fs);
+    GEMINI_LAUNCH(kernel, blocks_for(g.fs), dim3(kThreads), stream, bg, g.a, g.fs);
     check_launch("gemini local_ncc (input grads)");
   }
 };
@@ -96,12 +90,7 @@ void GEMINI_BACKEND::ncc_backward(const NccArgs<T>& a, void* stream) {
 #define GEMINI_INSTANTIATE(T)                                              \
   template void GEMINI_BACKEND::ncc_forward<T>(const NccArgs<T>&, void*); \
   template void GEMINI_BACKEND::ncc_backward<T>(const NccArgs<T>&, void*);
-GEMINI_INSTANTIATE(float)
-GEMINI_INSTANTIATE(double)
-#ifndef GEMINI_EMULATE
-GEMINI_INSTANTIATE(__half)
-GEMINI_INSTANTIATE(__nv_bfloat16)
-#endif
+GEMINI_FOR_EACH_TYPE(GEMINI_INSTANTIATE)
 #undef GEMINI_INSTANTIATE
 
 }  // namespace gemini

@@ -28,44 +28,22 @@ __global__ void warp_backward_image_kernel(WarpArgs<T> a, Extent<NDIM> e) {
 template <typename T>
 void GEMINI_BACKEND::warp_forward(const WarpArgs<T>& a, void* stream) {
   using namespace GEMINI_KERNEL_NS;
-  GEMINI_DISPATCH_NDIM(a.geo.ndim, {
-    const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    auto kernel = warp_forward_kernel<NDIM, T>;
-    GEMINI_LAUNCH(kernel, blocks_for(a.geo.batch * e.numel()), dim3(kThreads), stream, a, e);
-    check_launch("gemini warp_forward");
-  })
+  GEMINI_LAUNCH_VOXELS(warp_forward_kernel, a, stream, "gemini warp_forward");
 }
 
+// The displacement gradient is written before the scatter, which may add
+// into the same buffer (the backward of a squaring step).
 template <typename T>
 void GEMINI_BACKEND::warp_backward(const WarpArgs<T>& a, void* stream) {
   using namespace GEMINI_KERNEL_NS;
-  GEMINI_DISPATCH_NDIM(a.geo.ndim, {
-    const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    const dim3 grid = blocks_for(a.geo.batch * e.numel());
-    // the displacement gradient is written before the scatter, which may add
-    // into the same buffer (the backward of a squaring step)
-    if (a.grad_ddf) {
-      auto kernel = warp_backward_ddf_kernel<NDIM, T>;
-      GEMINI_LAUNCH(kernel, grid, dim3(kThreads), stream, a, e);
-      check_launch("gemini warp_backward (ddf)");
-    }
-    if (a.grad_image) {
-      auto kernel = warp_backward_image_kernel<NDIM, T>;
-      GEMINI_LAUNCH(kernel, grid, dim3(kThreads), stream, a, e);
-      check_launch("gemini warp_backward (image)");
-    }
-  })
+  if (a.grad_ddf) GEMINI_LAUNCH_VOXELS(warp_backward_ddf_kernel, a, stream, "gemini warp_backward (ddf)");
+  if (a.grad_image) GEMINI_LAUNCH_VOXELS(warp_backward_image_kernel, a, stream, "gemini warp_backward (image)");
 }
 
 #define GEMINI_INSTANTIATE(T)                                                 \
   template void GEMINI_BACKEND::warp_forward<T>(const WarpArgs<T>&, void*); \
   template void GEMINI_BACKEND::warp_backward<T>(const WarpArgs<T>&, void*);
-GEMINI_INSTANTIATE(float)
-GEMINI_INSTANTIATE(double)
-#ifndef GEMINI_EMULATE
-GEMINI_INSTANTIATE(__half)
-GEMINI_INSTANTIATE(__nv_bfloat16)
-#endif
+GEMINI_FOR_EACH_TYPE(GEMINI_INSTANTIATE)
 #undef GEMINI_INSTANTIATE
 
 }  // namespace gemini

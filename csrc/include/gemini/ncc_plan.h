@@ -22,7 +22,8 @@ struct NccGeometry {
   const NccArgs<T>& a;
   Extent<NDIM> e;
   int64_t vols, fs, r;
-  A n;  // window ** NDIM
+  A n;    // window ** NDIM
+  A eps;
 
   explicit NccGeometry(const NccArgs<T>& args) : a(args), e(make_extent<NDIM>(args.geo.size)) {
     vols = a.geo.batch * a.geo.channels;
@@ -30,6 +31,7 @@ struct NccGeometry {
     r = a.window / 2;
     n = A(1);
     for (int k = 0; k < NDIM; ++k) n *= A(a.window);
+    eps = static_cast<A>(a.eps);
   }
   int64_t lines(int64_t fields, int axis) const { return fields * fs / e.size[axis]; }
 };
