@@ -25,8 +25,6 @@ _ERROR: str | None = None
 def _library_path() -> str | None:
     override = os.environ.get("GEMINI_OPS_LIBRARY")
     if override:
-        if not os.path.isfile(override):
-            raise FileNotFoundError(f"GEMINI_OPS_LIBRARY={override!r} does not name a file")
         return override
     here = os.path.dirname(os.path.abspath(__file__))
     found = sorted(glob.glob(os.path.join(here, "_C*.so")) + glob.glob(os.path.join(here, "_C*.pyd")))
@@ -43,6 +41,8 @@ def load() -> bool:
     path = _library_path()
     if path is None:
         _ERROR = "the compiled library gemini_ops/_C*.so was not found (build it with `pip install --no-build-isolation -e .`)"
+    elif not os.path.isfile(path):
+        _ERROR = f"GEMINI_OPS_LIBRARY={path!r} does not name a file"
     else:
         try:
             torch.ops.load_library(path)
