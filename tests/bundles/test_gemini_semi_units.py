@@ -1,0 +1,330 @@
+"""In-process checks of the gemini_semi pieces: the trainer (non-finite
+steps skipped, AMP modes, supervised-only), atomic checkpoints and resume
+state, datalist validation faults, the pair dataset and the metadata schema."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from gemini_semi_support import CONFIGS, LABEL_VALUES, bundle_command, run
+from ignite.engine import Engine, Events
+
+from gemini_dcl.checkpoint import CheckpointHandler, RNGState, atomic_save, list_checkpoints
+from gemini_dcl.datalist import DatalistError, PairDataset, label_mapping, load_datalist, validate_datalist
+from gemini_dcl.engines import GeminiSemiTrainer
+from gemini_dcl.losses import SegLoss
+from gemini_dcl.networks import GEMINI
+from gemini_dcl.schemas import META_SCHEMA, load_schema, validate_metadata
+
+S = 16
+
+
+def _net() -> GEMINI:
+    torch.manual_seed(0)
+    return GEMINI(3, 1, 4, channels=[8] * 9, deformer_channels=[8] * 5)
+
+
+def _pair(nan: bool = False) -> dict:
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(1, 1, S, S, S, generator=g), torch.rand(1, 1, S, S, S, generator=g)
+    if nan:
+        a[0, 0, 3, 3, 3] = float("nan")
+    return {"image_a": a, "image_b": b}
+
+
+def _labeled(nan: bool = False) -> dict:
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(1, 1, S, S, S, generator=g)
+    if nan:
+        image[0, 0, 0, 0, 0] = float("nan")
+    return {"image": image, "label": torch.randint(0, 4, (1, 1, S, S, S), generator=g).float()}
+
+
+def _trainer(pairs: list, labeled: list, **kwargs) -> tuple[GeminiSemiTrainer, GEMINI]:
+    net = _net()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    trainer = GeminiSemiTrainer(
+        "cpu", 1, pairs, labeled, net, opt, SegLoss(), epoch_length=len(pairs) if pairs else 2, **kwargs
+    )
+    return trainer, net
+
+
+def _params(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_non_finite_steps_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    """Iteration 1: NaN in the pair and in the labelled image, both steps
+    skip (no update at all); iteration 2 finite: the weights move."""
+    seen: list[tuple[int, bool]] = []
+    trainer, net = _trainer([_pair(nan=True), _pair()], [_labeled(nan=True), _labeled()])
+    start = _params(net)
+
+    def record(engine: Engine) -> None:
+        same = all(torch.equal(p, q) for p, q in zip(start, net.parameters()))
+        seen.append((engine.state.skipped_steps, same))
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+    with caplog.at_level(logging.WARNING):
+        trainer.run()
+    assert seen == [(2, True), (2, False)]
+    assert trainer.state.skipped_steps == 2 and "skipped_steps" in trainer.state_dict()
+    assert (
+        "iteration 1: pair loss is not finite" in caplog.text and "iteration 1: seg loss is not finite" in caplog.text
+    )
+    # Adam stepped once per finite phase, the skipped ones left no trace: the
+    # backbone in both phases of iteration 2, the deformer and head in one each
+    steps = {name: float(trainer.optimizer.state[p]["step"]) for name, p in net.named_parameters()}
+    assert steps["unet.inc.double_conv.0.weight"] == 2
+    assert steps["deformer.1.weight"] == 1 and steps["res_conv.3.weight"] == 1
+
+
+def test_loss_terms_and_supervised_only() -> None:
+    trainer, _ = _trainer([_pair()], [_labeled()], loss_weights={"gss": 0.0})
+    trainer.run()
+    out = trainer.state.output
+    assert set(out) >= {"loss", "loss_smooth", "loss_gvs", "loss_gss", "loss_seg", "skipped_steps"}
+    assert out["loss_gss"] == 0.0 and out["loss"] == pytest.approx(
+        out["loss_smooth"] + out["loss_gvs"] + out["loss_seg"]
+    )
+
+    baseline, _ = _trainer(None, [_labeled()], unlabeled_phase=False)
+    baseline.run()
+    assert baseline.state.iteration == 2 and set(baseline.state.output) == {"loss", "loss_seg", "skipped_steps"}
+    with pytest.raises(ValueError, match="unknown loss_weights"):
+        _trainer([_pair()], [_labeled()], loss_weights={"smoothness": 1.0})
+
+
+def test_amp_modes() -> None:
+    trainer, net = _trainer([_pair()], [_labeled()], amp="bf16")
+    start = _params(net)
+    trainer.run()
+    assert trainer.amp_mode == "bf16" and trainer.scaler is None and trainer.state.skipped_steps == 0
+    assert not all(torch.equal(p, q) for p, q in zip(start, net.parameters()))
+    assert _trainer([_pair()], [_labeled()], amp=True)[0].amp_mode == "bf16"  # True means bf16 off CUDA
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        _trainer([_pair()], [_labeled()], amp="fp16")
+
+
+def test_checkpoint_roundtrip_and_atomicity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _net()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    net(torch.rand(1, 1, S, S, S)).sum().backward()
+    opt.step()
+    sched.step()
+    engine = Engine(lambda e, b: None)
+    engine.state.iteration, engine.state.epoch_length = 7, 4
+    handler = CheckpointHandler(tmp_path, {"model": net, "optimizer": opt, "lr_scheduler": sched, "rng": RNGState()})
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    handler.save(engine)
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+
+    # a save killed mid-write leaves the previous checkpoint intact and no file under a checkpoint name
+    engine.state.iteration = 8
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        handler.save(engine)
+    monkeypatch.undo()
+    assert [i for i, _ in list_checkpoints(tmp_path)] == [7] and not list(tmp_path.glob(".*tmp*"))
+
+    # a damaged newest file (e.g. copied in half) is skipped with a warning, the older one loads
+    shutil.copyfile(tmp_path / "checkpoint_iter00000007.pt", tmp_path / "checkpoint_iter00000009.pt")
+    (tmp_path / "checkpoint_iter00000009.pt").write_bytes(b"\x00" * 10)
+
+    net2 = GEMINI(3, 1, 4, channels=[8] * 9, deformer_channels=[8] * 5)
+    opt2 = torch.optim.Adam(net2.parameters(), 1e-3)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, 1, gamma=0.5)
+    fresh = Engine(lambda e, b: None)
+    fresh.state.epoch_length = 4
+    loaded = CheckpointHandler(tmp_path, {"model": net2, "optimizer": opt2, "lr_scheduler": sched2, "rng": RNGState()})
+    assert loaded.load_latest(fresh).name == "checkpoint_iter00000007.pt"
+    assert (fresh.state.iteration, fresh.state.epoch) == (7, 1)
+    for p, q in zip(net.state_dict().values(), net2.state_dict().values()):
+        assert torch.equal(p, q)
+    assert opt2.state_dict()["state"][0]["step"] == 1 and sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == 5e-4
+    assert torch.equal(torch.rand(3), draws[0]) and np.array_equal(np.random.rand(3), draws[1])
+    assert random.random() == draws[2]
+
+    atomic_save({"x": 1}, tmp_path / "sub" / "f.pt")
+    assert torch.load(tmp_path / "sub" / "f.pt") == {"x": 1}
+    # resuming with another epoch length would misplace the epoch boundaries
+    fresh.state.epoch_length = 5
+    with pytest.raises(ValueError, match="epoch_length"):
+        loaded.load_latest(fresh)
+
+
+def test_rng_state_restores_transform_draws(tiny_data: Path) -> None:
+    from monai.transforms import Compose
+
+    from gemini_dcl.transforms import RandJointAffined
+
+    aug = Compose([RandJointAffined(keys="image")])
+    aug.set_random_state(3)
+    rng = RNGState([aug])
+    state = copy.deepcopy(rng.state_dict())
+    x = {"image": torch.rand(1, 8, 8, 8)}
+    first = aug(x)["image"]
+    rng.load_state_dict(state)
+    assert torch.equal(aug(x)["image"], first)
+
+
+def test_pair_dataset(tiny_data: Path) -> None:
+    from monai.transforms import Compose as C
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    images = [{"image": e["image"]} for e in load_datalist(tiny_data)["unlabeled"]]
+    ds = PairDataset(images, C([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")]))
+    n = len(images)
+    assert len(ds) == n * (n - 1)
+    seen = set()
+    for i in range(len(ds)):
+        pair = ds[i]
+        a = next(k for k in range(n) if torch.equal(pair["image_a"], ds.images[k]["image"]))
+        b = next(k for k in range(n) if torch.equal(pair["image_b"], ds.images[k]["image"]))
+        assert a != b
+        seen.add((a, b))
+    assert len(seen) == n * (n - 1)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        PairDataset(images[:1], C([]))
+
+
+def _copy_data(tiny_data: Path, tmp_path: Path) -> tuple[Path, dict]:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data.parent, root)
+    return root / "datalist.json", json.loads((root / "datalist.json").read_text())
+
+
+def _write(path: Path, datalist: dict) -> Path:
+    path.write_text(json.dumps(datalist))
+    return path
+
+
+def _fault(path: Path, **kwargs) -> str:
+    with pytest.raises(DatalistError) as err:
+        validate_datalist(path, label_values=LABEL_VALUES, **kwargs)
+    return str(err.value)
+
+
+def test_datalist_faults(tiny_data: Path, tmp_path: Path) -> None:
+    path, dl = _copy_data(tiny_data, tmp_path)
+    root = path.parent
+    assert validate_datalist(path, label_values=LABEL_VALUES)["labeled"][0]["image"] == str(
+        root / dl["labeled"][0]["image"]
+    )
+
+    bad = copy.deepcopy(dl)
+    bad["unlabeled"][0]["image"] = "images/missing.nii.gz"
+    msg = _fault(_write(path, bad))
+    assert "unlabeled[0] image" in msg and "missing.nii.gz: file not found" in msg
+
+    # corrupt: not NIfTI at all; truncated: half of a valid gzip stream
+    corrupt, truncated = root / "corrupt.nii.gz", root / "truncated.nii.gz"
+    corrupt.write_bytes(b"this is not a nifti file" * 20)
+    raw = (root / dl["unlabeled"][1]["image"]).read_bytes()
+    truncated.write_bytes(raw[: len(raw) // 2])
+    bad = copy.deepcopy(dl)
+    bad["unlabeled"][0]["image"], bad["unlabeled"][1]["image"] = corrupt.name, truncated.name
+    msg = _fault(_write(path, bad))
+    assert f"unlabeled[0] image {corrupt}: cannot be read as NIfTI" in msg
+    assert f"unlabeled[1] image {truncated}: cannot be read as NIfTI" in msg
+
+    label = nib.load(root / dl["labeled"][0]["label"])
+    lab = np.asarray(label.dataobj).copy()
+    lab[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(lab, label.affine), str(root / "bad_values.nii.gz"))
+    nib.save(nib.Nifti1Image(lab[:-1], label.affine), str(root / "bad_shape.nii.gz"))
+    shifted = label.affine.copy()
+    shifted[0, 3] += 5
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), shifted), str(root / "bad_affine.nii.gz"))
+    for name, expected in (
+        ("bad_values", "values [7] are not in the label mapping [0, 1, 2, 3]"),
+        ("bad_shape", "shape (15, 16, 16) does not match image"),
+        ("bad_affine", "affine differs from image"),
+    ):
+        bad = copy.deepcopy(dl)
+        bad["labeled"][0]["label"] = f"{name}.nii.gz"
+        msg = _fault(_write(path, bad))
+        assert f"labeled[0] label {root / name}.nii.gz: {expected}" in msg, msg
+
+    bad = copy.deepcopy(dl)
+    bad["labeled"] = []
+    assert "labeled: is empty (no labelled case)" in _fault(_write(path, bad))
+    bad = copy.deepcopy(dl)
+    bad["unlabeled"] = []
+    assert "unlabeled: is empty" in _fault(_write(path, bad))
+    validate_datalist(path, label_values=LABEL_VALUES, require_unlabeled=False)  # the supervised-only baseline
+
+    bad = copy.deepcopy(dl)
+    del bad["test"][0]["label"]
+    assert "test[0] image" in _fault(_write(path, bad)) and "has no 'label'" in _fault(_write(path, bad))
+    path.write_text("{not json")
+    assert "not valid JSON" in _fault(path)
+
+
+def test_datalist_fault_stops_training_before_it_starts(tiny_data: Path, tmp_path: Path) -> None:
+    path, dl = _copy_data(tiny_data, tmp_path)
+    with gzip.open(path.parent / dl["labeled"][0]["image"], "rb") as f:
+        head = f.read(400)
+    (path.parent / dl["labeled"][0]["image"]).write_bytes(gzip.compress(head))  # header only: truncated
+    proc = run(bundle_command("run", ["train"], tmp_path / "b", datalist=path), check=False)
+    assert proc.returncode != 0
+    assert "labeled[0] image" in proc.stderr and "cannot be read as NIfTI" in proc.stderr
+    assert not (tmp_path / "b" / "models").exists() and "Epoch" not in proc.stdout
+
+
+def test_label_mapping_mmwhs() -> None:
+    values = [0, 205, 420, 500, 550, 600, 820, 850]
+    label = torch.tensor(values * 2, dtype=torch.float32).view(1, 2, 8)
+    mapped = label_mapping("label", values)({"label": label})["label"]
+    assert mapped.flatten().tolist() == list(range(8)) * 2
+    with pytest.raises(ValueError, match="distinct"):
+        label_mapping("label", [0, 1, 1])
+
+
+def test_metadata_schema() -> None:
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert validate_metadata(CONFIGS / "metadata.json") == []
+    assert meta["schema"].endswith(META_SCHEMA.name)
+    assert "gemini-dcl" in meta["required_packages_version"]
+    required = load_schema()["required"]
+    assert set(required) == {
+        "schema",
+        "version",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+    }
+    for key in required:
+        broken = dict(meta)
+        del broken[key]
+        assert validate_metadata(broken) == [f"metadata: missing required key {key!r}"]
+    broken = copy.deepcopy(meta)
+    broken["network_data_format"]["inputs"]["image"]["num_channels"] = "1"
+    del broken["network_data_format"]["outputs"]["pred"]["value_range"]
+    errors = validate_metadata(broken)
+    assert "metadata.network_data_format.inputs.image.num_channels: expected integer, got str '1'" in errors
+    assert "metadata.network_data_format.outputs.pred: missing required key 'value_range'" in errors
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(meta, load_schema())  # the same verdict from a full implementation
