@@ -145,19 +145,29 @@ struct Linear {
       lo_in[k] = lo[k] >= 0 && lo[k] < e.size[k];
       hi_in[k] = lo[k] + 1 >= 0 && lo[k] + 1 < e.size[k];
     }
-    for (int c = 0; c < kCorners; ++c) {
-      int64_t off = 0;
-      A w = A(1);
-      bool in = true;
-      for (int k = 0; k < NDIM; ++k) {
-        const bool up = (c >> (NDIM - 1 - k)) & 1;
-        off += (lo[k] + (up ? 1 : 0)) * e.stride[k];
-        w *= up ? frac[k] : A(1) - frac[k];
-        in = in && (up ? hi_in[k] : lo_in[k]);
+    // corners as a tensor product, one axis at a time: corner c has bit
+    // (NDIM - 1 - k) set when it takes the upper neighbour along axis k
+    offset[0] = 0;
+    weight[0] = A(1);
+    inside[0] = true;
+    for (int k = 0, count = 1; k < NDIM; ++k, count *= 2) {
+      for (int c = count - 1; c >= 0; --c) {
+        const int64_t off = offset[c] + lo[k] * e.stride[k];
+        const A w = weight[c];
+        const bool in = inside[c];
+        offset[2 * c] = off;
+        weight[2 * c] = w * (A(1) - frac[k]);
+        inside[2 * c] = in && lo_in[k];
+        offset[2 * c + 1] = off + e.stride[k];
+        weight[2 * c + 1] = w * frac[k];
+        inside[2 * c + 1] = in && hi_in[k];
       }
-      inside[c] = in;
-      offset[c] = in ? off : 0;
-      weight[c] = in ? w : A(0);
+    }
+    for (int c = 0; c < kCorners; ++c) {
+      if (!inside[c]) {
+        offset[c] = 0;
+        weight[c] = A(0);
+      }
     }
   }
 
