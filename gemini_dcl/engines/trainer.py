@@ -282,6 +282,16 @@ class GeminiPairTrainer(Trainer):
         else:
             loss.backward()
             self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            # a finite loss can still give non-finite gradients (reduced
+            # precision); one such step would leave NaN in every weight
+            grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+            if grads and not self._all_finite(torch.stack([g.detach().float().abs().sum() for g in grads])):
+                self.state.skipped_steps += 1
+                self.logger.warning(
+                    f"iteration {self.state.iteration}: {phase} gradients are not finite; "
+                    f"optimiser step skipped ({self.state.skipped_steps} skipped so far)"
+                )
+                return values
             self.optimizer.step()
         return values
 
