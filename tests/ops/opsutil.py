@@ -120,6 +120,14 @@ def layout(t: torch.Tensor, kind: str) -> torch.Tensor:
     raise ValueError(kind)
 
 
+def ncc_inputs(batch: int, spatial: tuple, dtype, seed: int):
+    """Two correlated 2-channel images (b = a + noise) and a random mask."""
+    a = randn((batch, 2, *spatial), dtype, seed)
+    b = (a.double() + randn(a.shape, torch.float64, seed + 1, 0.7)).to(dtype)
+    mask = (torch.rand((batch, 1, *spatial), generator=gen(seed)) > 0.5).to(dtype)
+    return a, b, mask
+
+
 def spatial_shape(ndim: int, seed: int) -> tuple:
     """A small, non-cubic spatial shape (5..9 a side)."""
     g = gen(seed)

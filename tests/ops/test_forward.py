@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opsutil import BACKENDS, DTYPES, LAYOUTS, assert_rel_close, layout, randn, random_ddf, spatial_shape
+from opsutil import BACKENDS, DTYPES, LAYOUTS, assert_rel_close, layout, ncc_inputs, randn, random_ddf, spatial_shape
 
 import gemini_ops
 from gemini_ops import reference
@@ -137,9 +137,7 @@ def test_gss_grad_scales_leave_value(backend, dtype, case):
 def test_local_ncc_matches_reference(backend, dtype, window, squared, case):
     ndim, batch, kind, seed = case
     spatial = spatial_shape(ndim, seed)
-    a = randn((batch, 2, *spatial), dtype, seed)
-    b = (a.double() + randn(a.shape, torch.float64, seed + 1, 0.7)).to(dtype)
-    mask = (torch.rand((batch, 1, *spatial), generator=torch.Generator().manual_seed(seed)) > 0.5).to(dtype)
+    a, b, mask = ncc_inputs(batch, spatial, dtype, seed)
     ref = reference.local_ncc_map(a, b, window, squared, 1e-5)
     # a correlation is O(1): floor 1 (a 1-voxel window gives 0 up to rounding)
     out = gemini_ops.local_ncc(

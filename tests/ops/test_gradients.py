@@ -13,6 +13,7 @@ from opsutil import (
     avoid_ties,
     gradcheck_kwargs,
     layout,
+    ncc_inputs,
     randn,
     random_ddf,
     spatial_shape,
@@ -137,9 +138,7 @@ def test_gss_grad_scales_scale_gradients(backend, dtype, case):
 def test_local_ncc_grads_match_reference(backend, dtype, window, squared, case):
     ndim, batch, kind, seed = case
     spatial = spatial_shape(ndim, seed)
-    a = randn((batch, 2, *spatial), dtype, seed)
-    b = (a.double() + randn(a.shape, torch.float64, seed + 1, 0.7)).to(dtype)
-    mask = (torch.rand((batch, 1, *spatial), generator=torch.Generator().manual_seed(seed)) > 0.5).to(dtype)
+    a, b, mask = ncc_inputs(batch, spatial, dtype, seed)
     for m in (None, mask):
         x1 = [leaf(a, kind), leaf(b, kind)]
         g = grads(gemini_ops.local_ncc(*x1, window, m, squared, backend=backend), x1, seed)
