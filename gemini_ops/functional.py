@@ -139,6 +139,19 @@ def check_steps(num_steps) -> None:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
 
 
+def check_window(name: str, window) -> None:
+    """A local NCC window side: an odd int >= 1."""
+    if isinstance(window, bool) or not isinstance(window, int):
+        raise TypeError(f"{name} must be an int, got {type(window).__name__}")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"{name} must be an odd int >= 1, got {window}")
+
+
+def check_nonnegative(name: str, value) -> None:
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
 def check_warp_options(mode, padding_mode) -> None:
     _check_choice("mode", mode, MODES)
     _check_choice("padding_mode", padding_mode, PADDINGS)
@@ -321,12 +334,8 @@ def local_ncc(
     (a, b), out_dtype = _precision(("a", "b"), (a, b), backend, dims=(3, 4, 5))
     if a.shape != b.shape:
         raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have the same shape")
-    if isinstance(window, bool) or not isinstance(window, int):
-        raise TypeError(f"window must be an int, got {type(window).__name__}")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be an odd int >= 1, got {window}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    check_window("window", window)
+    check_nonnegative("eps", eps)
     _check_choice("denominator", denominator, NCC_DENOMINATORS)
     _check_choice("kernel_type", kernel_type, NCC_KERNELS)
     if smooth_nr != 0 and not (denominator == "clamp" and squared):

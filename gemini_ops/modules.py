@@ -13,8 +13,9 @@ from . import functional as F
 
 __all__ = ["Warp", "VelocityIntegrator", "LocalNormalizedCrossCorrelationLoss", "GSSLoss", "LocalNCCLoss"]
 
-# MONAI's integer codes (those of its compiled ``grid_pull``) for the modes we have.
-_MODE_CODES = {0: "nearest", 1: "bilinear", 3: "bicubic"}
+# MONAI's integer codes (those of its compiled ``grid_pull``) with an exact
+# equivalent here. Its orders 2-7 are B-splines (3 is not grid_sample's bicubic).
+_MODE_CODES = {0: "nearest", 1: "bilinear"}
 _PADDING_CODES = {0: "border", 1: "reflection", 7: "zeros"}
 
 
@@ -22,7 +23,10 @@ def _option(name: str, value, codes: dict, choices: tuple) -> str:
     """A mode or padding given as a string, a MONAI ``StrEnum`` or an integer code."""
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in codes:
-            raise ValueError(f"{name} integer code must be one of {codes} (MONAI's grid_pull codes), got {value}")
+            raise ValueError(
+                f"{name} integer code must be one of {codes} (MONAI's grid_pull codes with an equivalent here; "
+                f"its B-spline orders 2-7 are not available), got {value}"
+            )
         return codes[value]
     value = getattr(value, "value", value)
     F._check_choice(name, value, choices)
@@ -35,8 +39,7 @@ class Warp(nn.Module):
 
     Args:
         mode: ``"bilinear"``, ``"nearest"``, ``"bicubic"`` (2D only, as in
-            MONAI), or MONAI's integer codes 0 (nearest), 1 (bilinear),
-            3 (bicubic).
+            MONAI), or MONAI's integer codes 0 (nearest), 1 (bilinear).
         padding_mode: ``"border"``, ``"zeros"``, ``"reflection"``, or the
             codes 0 (border), 1 (reflection), 7 (zeros).
         jitter: sample on the grid shifted by MONAI's fixed ``U[0, 1)`` offsets
@@ -46,10 +49,10 @@ class Warp(nn.Module):
     Bilinear/nearest with zeros/border padding run the fused kernels; bicubic
     and reflection run torch's ``grid_sample`` (as MONAI does). As in MONAI, a
     spatial axis of size 1 is pinned to its only voxel (its displacement is
-    ignored). Unlike MONAI without its compiled extension (the plain pip
-    install, which silently runs bilinear/border for any integer code), integer
-    codes mean what MONAI documents for them; MONAI's code 3 is a cubic
-    B-spline in its compiled extension, here it is ``"bicubic"``.
+    ignored). Integer codes mean what they mean in MONAI's compiled
+    ``grid_pull``; MONAI without its compiled extension (the plain pip install)
+    silently runs bilinear/border for any integer code. Its B-spline codes
+    2-7 are refused.
     ``gemini_ops.warp`` keeps the authors' default, zero padding.
     """
 
@@ -87,7 +90,8 @@ class Warp(nn.Module):
 
     def forward(self, image: torch.Tensor, ddf: torch.Tensor) -> torch.Tensor:
         """image (B, C, *S), ddf (B, ndim, *S) -> warped image (B, C, *S)."""
-        if isinstance(ddf, torch.Tensor) and ddf.dim() in (4, 5):
+        # a ddf of the wrong shape goes to gemini_ops.warp untouched, which names the problem
+        if isinstance(ddf, torch.Tensor) and ddf.dim() in (4, 5) and ddf.shape[1] == ddf.dim() - 2:
             if self.jitter:
                 ddf = ddf + self._jitter(ddf)
             keep = [n > 1 for n in ddf.shape[2:]]
@@ -162,13 +166,11 @@ class LocalNormalizedCrossCorrelationLoss(nn.Module):
     ) -> None:
         super().__init__()
         F._check_choice("spatial_dims", spatial_dims, (1, 2, 3))
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size!r}")
+        F.check_window("kernel_size", kernel_size)
         F._check_choice("kernel_type", kernel_type, F.NCC_KERNELS)
         reduction = getattr(reduction, "value", reduction)
         F._check_choice("reduction", reduction, ("none", "mean", "sum"))
-        if not float(smooth_dr) >= 0:
-            raise ValueError(f"smooth_dr must be >= 0, got {smooth_dr}")
+        F.check_nonnegative("smooth_dr", smooth_dr)
         self.ndim, self.kernel_size, self.kernel_type = spatial_dims, kernel_size, kernel_type
         self.reduction = reduction
         self.smooth_nr, self.smooth_dr, self.backend = float(smooth_nr), float(smooth_dr), backend

@@ -229,8 +229,11 @@ def test_module_arguments():
         gemini_ops.Warp(mode="trilinear")
     with pytest.raises(ValueError, match="padding_mode must be one of"):
         gemini_ops.Warp(padding_mode="wrap")
-    with pytest.raises(ValueError, match="mode integer code must be one of"):
-        gemini_ops.VelocityIntegrator(7, mode=2)
+    for code in (2, 3):  # MONAI's compiled B-splines
+        with pytest.raises(ValueError, match="mode integer code must be one of"):
+            gemini_ops.VelocityIntegrator(7, mode=code)
+    with pytest.raises(ValueError, match=r"ddf must have shape \(B, ndim, \*spatial\) = \(1, 2, 5, 6\)"):
+        gemini_ops.Warp()(f64(*IMG), f64(1, 2, 1, 5, 6))
     with pytest.raises(ValueError, match="padding_mode integer code must be one of"):
         gemini_ops.Warp(padding_mode=3)
     with pytest.raises(ValueError, match="mode='bicubic' needs a 2D image"):
