@@ -238,7 +238,7 @@ def test_clamp_denominator_is_robust_at_low_intensity(window, squared):
     clamp = gemini_ops.local_ncc(image, image, window, squared=squared, denominator="clamp")
     eps = gemini_ops.local_ncc(image, image, window, squared=squared)
     assert abs(clamp.item() - 1.0) < 1e-9
-    assert eps.item() < (0.1 if window == 3 else 0.95)
+    assert eps.item() < (0.1 if window == 3 else 0.95)  # README: 0.006 and 0.84 squared
 
 
 @pytest.mark.parametrize("backend", ["compiled", "reference"])
