@@ -274,3 +274,19 @@ def test_local_ncc_loss_denominator_option():
     loss = gemini_ops.LocalNCCLoss(3, denominator="clamp")(a, b)
     assert abs(loss.item()) < 1e-9  # 1 - mean(1)
     assert gemini_ops.LocalNCCLoss(3)(a, b).item() > 0.5
+
+
+def test_dropins_compile_fullgraph():
+    """The drop-ins trace under torch.compile(fullgraph=True), NaN check on,
+    and give the eager results."""
+    warp, integrate = gemini_ops.Warp(), gemini_ops.VelocityIntegrator(3)
+    lncc = gemini_ops.LocalNormalizedCrossCorrelationLoss(spatial_dims=3)
+
+    def step(image, target, velocity):
+        return lncc(warp(image, integrate(velocity)), target)
+
+    image, target = randn((1, 1, 6, 5, 7), torch.float32, 50), randn((1, 1, 6, 5, 7), torch.float32, 51)
+    velocity = randn((1, 3, 6, 5, 7), torch.float32, 52, 1.5)
+    # aot_eager: dynamo and the fake kernels trace it; inductor's code generation is tested elsewhere
+    compiled = torch.compile(step, fullgraph=True, dynamic=False, backend="aot_eager")
+    assert_rel_close(compiled(image, target, velocity), step(image, target, velocity), torch.float32, floor=1.0)
