@@ -142,6 +142,11 @@ def test_half_precision_on_cpu(dtype):
     image = leaf(image)
     (g,) = torch.autograd.grad(gemini_ops.Warp()(image, ddf).float().sum(), [image])
     assert g.dtype == dtype
+    cos = gemini_ops.gss_similarity(image, b, ddf, reduction="none")
+    assert cos.dtype == dtype
+    assert torch.equal(
+        cos, gemini_ops.gss_similarity(image.float(), b.float(), ddf.float(), reduction="none").to(dtype)
+    )
 
 
 def test_warp_gradcheck_delegated_modes():
