@@ -16,7 +16,7 @@ from .functional import (
     set_finite_checks,
     warp,
 )
-from .modules import GSSLoss, LocalNCCLoss, VelocityIntegrator, Warp
+from .modules import GSSLoss, LocalNCCLoss, LocalNormalizedCrossCorrelationLoss, VelocityIntegrator, Warp
 
 __version__ = "0.1.0"
 
@@ -56,5 +56,6 @@ __all__ = [
     "VelocityIntegrator",
     "GSSLoss",
     "LocalNCCLoss",
+    "LocalNormalizedCrossCorrelationLoss",
     "backend_info",
 ]

@@ -6,7 +6,9 @@ The C++ library registers two namespaces with the same schemas:
 ``torch.ops.gemini_emulated`` (the CUDA kernel sources compiled as host C++,
 CPU tensors only). Autograd and fake kernels are registered here for both, so
 the ops trace under ``torch.compile(fullgraph=True)`` and a traced module
-runs in a fresh process after ``import gemini_ops``.
+runs in a fresh process after ``import gemini_ops``. The raw ops do no dtype
+casting: the precision policy (autocast, half types on the CPU) lives in
+:func:`gemini_ops.functional._precision` only.
 """
 
 from __future__ import annotations
@@ -178,11 +180,6 @@ def _register(ns: str) -> None:
         return (ga if need_a else None), (gb if need_b else None), None, None, None
 
     torch.library.register_autograd(lib + "local_ncc", ncc_bwd, setup_context=ncc_setup)
-
-    # Under autocast the ops run in float32: their inputs must share one dtype.
-    for op in ("warp", "integrate_velocity", "gss", "local_ncc"):
-        for device_type in ("cpu", "cuda"):
-            torch.library.register_autocast(lib + op, device_type, torch.float32)
 
 
 def compiled_with_cuda() -> bool:

@@ -74,8 +74,7 @@ BAD = [
     ("integrate", "velocity", torch.ones(DDF, dtype=torch.int64), TypeError, r"velocity must be a floating"),
     ("gss", "feat_fixed", torch.ones(IMG, dtype=torch.bool), TypeError, r"feat_fixed must be a floating"),
     ("ncc", "a", torch.ones(IMG, dtype=torch.uint8), TypeError, r"\ba must be a floating"),
-    # float16 on CPU is not a supported dtype
-    ("warp", "image", torch.ones(IMG, dtype=torch.float16), TypeError, r"image must be a floating tensor .*float16"),
+    ("warp", "image", torch.ones(IMG, dtype=torch.complex64), TypeError, r"image must be a floating tensor"),
     # mixed dtypes
     ("warp", "ddf", torch.zeros(DDF, dtype=torch.float32), TypeError, r"ddf has dtype torch.float32 but image"),
     ("gss", "feat_fixed", torch.zeros(IMG, dtype=torch.float32), TypeError, r"feat_fixed has dtype"),
@@ -128,9 +127,9 @@ def _nonfinite(shape, value):
 
 for _v in (float("nan"), float("inf"), -float("inf")):
     BAD += [
-        ("warp", "ddf", _nonfinite(DDF, _v), ValueError, r"ddf contains NaN or Inf"),
-        ("integrate", "velocity", _nonfinite(DDF, _v), ValueError, r"velocity contains NaN or Inf"),
-        ("gss", "ddf", _nonfinite(DDF, _v), ValueError, r"ddf contains NaN or Inf"),
+        ("warp", "ddf", _nonfinite(DDF, _v), RuntimeError, r"ddf contains NaN or Inf"),
+        ("integrate", "velocity", _nonfinite(DDF, _v), RuntimeError, r"velocity contains NaN or Inf"),
+        ("gss", "ddf", _nonfinite(DDF, _v), RuntimeError, r"ddf contains NaN or Inf"),
     ]
 
 
@@ -143,11 +142,11 @@ def test_bad_tensor_argument(backend, op, arg, value, exc, pattern):
 
 # (op, keyword, bad value, exception, message pattern)
 BAD_OPTIONS = [
-    ("warp", "mode", "bicubic", ValueError, r"mode must be one of"),
-    ("warp", "padding_mode", "reflection", ValueError, r"padding_mode must be one of"),
-    ("integrate", "steps", -1, ValueError, r"steps must be >= 0, got -1"),
-    ("integrate", "steps", 2.0, TypeError, r"steps must be an int"),
-    ("integrate", "steps", True, TypeError, r"steps must be an int"),
+    ("warp", "mode", "trilinear", ValueError, r"mode must be one of"),
+    ("warp", "padding_mode", "wrap", ValueError, r"padding_mode must be one of"),
+    ("integrate", "num_steps", -1, ValueError, r"num_steps must be >= 0, got -1"),
+    ("integrate", "num_steps", 2.0, TypeError, r"num_steps must be an int"),
+    ("integrate", "num_steps", True, TypeError, r"num_steps must be an int"),
     ("integrate", "padding_mode", "Zeros", ValueError, r"padding_mode must be one of"),
     ("gss", "reduction", "sum", ValueError, r"reduction must be one of"),
     ("gss", "grad_scales", (1.0, 1.0), ValueError, r"grad_scales must hold 3 numbers"),
@@ -161,6 +160,9 @@ BAD_OPTIONS = [
     ("ncc", "eps", -1e-3, ValueError, r"eps must be >= 0"),
     ("ncc", "eps", float("nan"), ValueError, r"eps must be >= 0"),
     ("ncc", "reduction", "sum", ValueError, r"reduction must be one of"),
+    ("ncc", "denominator", "sqrt", ValueError, r"denominator must be one of"),
+    ("ncc", "kernel_type", "box", ValueError, r"kernel_type must be one of"),
+    ("ncc", "smooth_nr", 0.1, ValueError, r"smooth_nr applies to denominator='clamp'"),
     ("ncc", "mask", torch.ones((1, 1, 5, 7), dtype=torch.float64), ValueError, r"mask must have shape"),
 ]
 
@@ -181,6 +183,7 @@ def test_bad_backend():
 
 def test_finite_checks_can_be_disabled():
     """set_finite_checks(False) skips the NaN/Inf scan (documented); the default is on."""
+    assert gemini_ops.functional._CHECK_FINITE
     ddf = _nonfinite(DDF, float("nan"))
     try:
         gemini_ops.set_finite_checks(False)
@@ -188,8 +191,24 @@ def test_finite_checks_can_be_disabled():
         assert out.shape == IMG  # NaN coordinates are pulled outside: no crash
     finally:
         gemini_ops.set_finite_checks(True)
-    with pytest.raises(ValueError, match="ddf contains NaN"):
+    with pytest.raises(RuntimeError, match="ddf contains NaN"):
         gemini_ops.warp(f64(*IMG), ddf, backend="compiled")
+
+
+def test_finite_check_same_under_compile():
+    """The NaN/Inf check raises the same error in a fullgraph compiled function."""
+    image, ddf = f64(*IMG), _nonfinite(DDF, float("nan"))
+    compiled = torch.compile(lambda i, d: gemini_ops.warp(i, d, backend="compiled"), fullgraph=True, dynamic=False)
+    assert compiled(image, torch.zeros(DDF, dtype=torch.float64)).shape == IMG
+    with pytest.raises(RuntimeError, match="ddf contains NaN or Inf values"):
+        compiled(image, ddf)
+
+
+def test_deprecated_steps_keyword():
+    v = f64(*DDF)
+    with pytest.warns(DeprecationWarning, match="use num_steps"):
+        old = gemini_ops.integrate_velocity(v, steps=3)
+    assert torch.equal(old, gemini_ops.integrate_velocity(v, num_steps=3))
 
 
 def test_jacobian_bad_input():
@@ -207,13 +226,33 @@ def test_jacobian_bad_input():
 
 def test_module_arguments():
     with pytest.raises(ValueError, match="mode must be one of"):
-        gemini_ops.Warp(mode="bicubic")
+        gemini_ops.Warp(mode="trilinear")
     with pytest.raises(ValueError, match="padding_mode must be one of"):
-        gemini_ops.Warp(padding_mode="reflection")
-    with pytest.raises(ValueError, match="mode must be 'bilinear'"):
-        gemini_ops.VelocityIntegrator(7, mode="nearest")
-    with pytest.raises(ValueError, match="num_steps must be an int >= 0"):
+        gemini_ops.Warp(padding_mode="wrap")
+    for code in (2, 3):  # MONAI's compiled B-splines
+        with pytest.raises(ValueError, match="mode integer code must be one of"):
+            gemini_ops.VelocityIntegrator(7, mode=code)
+    with pytest.raises(ValueError, match=r"ddf must have shape \(B, ndim, \*spatial\) = \(1, 2, 5, 6\)"):
+        gemini_ops.Warp()(f64(*IMG), f64(1, 2, 1, 5, 6))
+    with pytest.raises(ValueError, match="padding_mode integer code must be one of"):
+        gemini_ops.Warp(padding_mode=3)
+    with pytest.raises(ValueError, match="mode='bicubic' needs a 2D image"):
+        gemini_ops.Warp(mode="bicubic")(f64(1, 1, 4, 5, 6), f64(1, 3, 4, 5, 6))
+    with pytest.raises(ValueError, match="num_steps must be >= 0"):
         gemini_ops.VelocityIntegrator(-1)
+    with pytest.raises(ValueError, match="denominator must be one of"):
+        gemini_ops.LocalNCCLoss(denominator="monai")
+    for kw, pattern in [
+        ({"spatial_dims": 4}, "spatial_dims must be one of"),
+        ({"kernel_size": 4}, "kernel_size must be an odd int"),
+        ({"kernel_type": None}, "kernel_type must be one of"),
+        ({"reduction": "batch"}, "reduction must be one of"),
+        ({"smooth_dr": -1.0}, "smooth_dr must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=pattern):
+            gemini_ops.LocalNormalizedCrossCorrelationLoss(**kw)
+    with pytest.raises(ValueError, match="pred must have 3 spatial dimensions"):
+        gemini_ops.LocalNormalizedCrossCorrelationLoss()(f64(*IMG), f64(*IMG))
     with pytest.raises(ValueError, match="weights must be >= 0"):
         gemini_ops.GSSLoss(feature_weight=-0.1)
     with pytest.raises(ValueError, match="window must be an odd int"):
