@@ -1,11 +1,14 @@
 // CPU local NCC: OpenMP over lines for the box passes and over voxels for
 // the pointwise passes; gemini/ncc_plan.h gives their order.
+#pragma once
+
 #include "gemini/ncc_plan.h"
 #include "gemini/voxel_ops.h"
 #include "parallel.h"
 
 namespace gemini {
-namespace {
+GEMINI_ISA_BEGIN
+namespace cpu {
 
 template <int NDIM, typename T>
 struct CpuNccRunner {
@@ -47,21 +50,18 @@ struct CpuNccRunner {
   }
 };
 
-}  // namespace
 
 template <typename T>
-void CpuBackend::ncc_forward(const NccArgs<T>& a, void* stream) {
-  ncc_run<CpuNccRunner>(a, stream, false);
+void ncc_forward(const NccArgs<T>& a) {
+  ncc_run<CpuNccRunner>(a, nullptr, false);
 }
 
 template <typename T>
-void CpuBackend::ncc_backward(const NccArgs<T>& a, void* stream) {
-  ncc_run<CpuNccRunner>(a, stream, true);
+void ncc_backward(const NccArgs<T>& a) {
+  ncc_run<CpuNccRunner>(a, nullptr, true);
 }
 
-template void CpuBackend::ncc_forward<float>(const NccArgs<float>&, void*);
-template void CpuBackend::ncc_forward<double>(const NccArgs<double>&, void*);
-template void CpuBackend::ncc_backward<float>(const NccArgs<float>&, void*);
-template void CpuBackend::ncc_backward<double>(const NccArgs<double>&, void*);
 
+}  // namespace cpu
+GEMINI_ISA_END
 }  // namespace gemini

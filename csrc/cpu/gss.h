@@ -1,13 +1,17 @@
 // CPU GSS: the forward and the gather half of the backward run over voxels;
 // the moving-feature gradient is then scattered from three stored
 // coefficients per voxel, without atomics (see parallel.h).
+#pragma once
+
 #include "gemini/voxel_ops.h"
 #include "parallel.h"
 
 namespace gemini {
+GEMINI_ISA_BEGIN
+namespace cpu {
 
 template <typename T>
-void CpuBackend::gss_forward(const GssArgs<T>& a, void*) {
+void gss_forward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     cpu::for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
@@ -15,7 +19,7 @@ void CpuBackend::gss_forward(const GssArgs<T>& a, void*) {
 }
 
 template <typename T>
-void CpuBackend::gss_backward(const GssArgs<T>& a, void*) {
+void gss_backward(const GssArgs<T>& a) {
   using A = acc_t<T>;
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
@@ -35,9 +39,7 @@ void CpuBackend::gss_backward(const GssArgs<T>& a, void*) {
   })
 }
 
-template void CpuBackend::gss_forward<float>(const GssArgs<float>&, void*);
-template void CpuBackend::gss_forward<double>(const GssArgs<double>&, void*);
-template void CpuBackend::gss_backward<float>(const GssArgs<float>&, void*);
-template void CpuBackend::gss_backward<double>(const GssArgs<double>&, void*);
 
+}  // namespace cpu
+GEMINI_ISA_END
 }  // namespace gemini
