@@ -50,6 +50,11 @@ struct Scalar {
   static M both(M a, M b) { return a && b; }
   static F select(M m, F a, F b) { return m ? a : b; }
   static F gather(const T* base, I idx, M m) { return m ? base[idx] : T(0); }
+  // base[idx] and base[idx + 1] (both must be readable where m is set)
+  static void gather_pair(const T* base, I idx, M m, F& lo, F& hi) {
+    lo = m ? base[idx] : T(0);
+    hi = m ? base[idx + 1] : T(0);
+  }
   static unsigned bits(M m) { return m ? 1u : 0u; }
   static constexpr unsigned kAll = 1u;
   static void store_int(int32_t* p, I v) { *p = v; }
@@ -83,6 +88,21 @@ struct Avx2 {
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
   static F gather(const float* base, I idx, M m) {
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx, _mm256_castsi256_ps(m), 4);
+  }
+  // Two neighbours per lane as one 64-bit element: half the elements of two
+  // 32-bit gathers, which is what a gather costs on current x86 cores.
+  static void gather_pair(const float* base, I idx, M m, F& lo, F& hi) {
+    const __m128i i0 = _mm256_castsi256_si128(idx), i1 = _mm256_extracti128_si256(idx, 1);
+    const __m256i m0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m));
+    const __m256i m1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1));
+    const long long* b = reinterpret_cast<const long long*>(base);
+    const __m256 g0 = _mm256_castsi256_ps(_mm256_mask_i32gather_epi64(_mm256_setzero_si256(), b, i0, m0, 4));
+    const __m256 g1 = _mm256_castsi256_ps(_mm256_mask_i32gather_epi64(_mm256_setzero_si256(), b, i1, m1, 4));
+    // per 128-bit half: [l0 l1 l4 l5 | l2 l3 l6 l7], then the 64-bit blocks in order
+    lo = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(g0, g1, _MM_SHUFFLE(2, 0, 2, 0))),
+                                                _MM_SHUFFLE(3, 1, 2, 0)));
+    hi = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(g0, g1, _MM_SHUFFLE(3, 1, 3, 1))),
+                                                _MM_SHUFFLE(3, 1, 2, 0)));
   }
   static unsigned bits(M m) { return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }
   static constexpr unsigned kAll = 0xFFu;
@@ -125,6 +145,17 @@ struct Avx512 {
   static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
   static F gather(const float* base, I idx, M m) {
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4);
+  }
+  // see Avx2::gather_pair
+  static void gather_pair(const float* base, I idx, M m, F& lo, F& hi) {
+    const __m256i i0 = _mm512_castsi512_si256(idx), i1 = _mm512_extracti64x4_epi64(idx, 1);
+    const __m512 g0 = _mm512_castsi512_ps(
+        _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), static_cast<__mmask8>(m), i0, base, 4));
+    const __m512 g1 = _mm512_castsi512_ps(
+        _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), static_cast<__mmask8>(m >> 8), i1, base, 4));
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    lo = _mm512_permutex2var_ps(g0, even, g1);
+    hi = _mm512_permutex2var_ps(g0, _mm512_add_epi32(even, _mm512_set1_epi32(1)), g1);
   }
   static unsigned bits(M m) { return static_cast<unsigned>(m); }
   static constexpr unsigned kAll = 0xFFFFu;

@@ -44,6 +44,7 @@ struct LinearLanes {
   F frac[NDIM];
   F dclamp[NDIM];   // 0 where border padding clamps the point (no gradient)
   M lo_in[NDIM], hi_in[NDIM];
+  bool x_inside;    // both x neighbours of every lane inside: pairs load as one
 
   LinearLanes(const F* p, const Extent<NDIM>& e, int padding) {
     off = S::seti(0);
@@ -65,6 +66,7 @@ struct LinearLanes {
       hi_in[k] = S::in_range(S::addi(lo, S::seti(1)), n);
       off = S::addi(off, S::muli(lo, static_cast<int32_t>(e.stride[k])));
     }
+    x_inside = S::bits(S::both(lo_in[NDIM - 1], hi_in[NDIM - 1])) == S::kAll;
   }
 
   // corner c takes the upper neighbour along axis k when bit (NDIM - 1 - k) is set
@@ -81,6 +83,11 @@ struct LinearLanes {
   }
 
   void gather(const E* plane, const int32_t* coff, const M* mask, F* vals) const {
+    if (x_inside) {  // the interior: corners c, c + 1 are x neighbours, one mask
+      for (int c = 0; c < kCorners; c += 2)
+        S::gather_pair(plane, S::addi(off, S::seti(coff[c])), mask[c], vals[c], vals[c + 1]);
+      return;
+    }
     for (int c = 0; c < kCorners; ++c) vals[c] = S::gather(plane, S::addi(off, S::seti(coff[c])), mask[c]);
   }
 
@@ -218,19 +225,20 @@ void warp_backward_lanes(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t b,
       for (int k = 0; k < NDIM; ++k) acc[k] = S::fma(g, dv[k], acc[k]);
     }
     if (target) {
+      // corner by corner: consecutive adds go to different places (lane by
+      // lane, one lane's upper x corner is the next lane's lower one, and
+      // each add would wait for the previous store)
+      T* t = target + plane;
       alignas(64) E contrib[K][S::L];
       for (int k = 0; k < K; ++k) S::store(contrib[k], g * w[k]);
-      T* t = target + plane;
-      if (interior) {
-        for (int l = 0; l < S::L; ++l) {
-          T* q = t + off[l];
-          for (int k = 0; k < K; ++k) q[coff[k]] += contrib[k][l];
-        }
-      } else {
-        for (int k = 0; k < K; ++k) {
+      for (int k = 0; k < K; ++k) {
+        T* tk = t + coff[k];
+        if (interior) {
+          for (int l = 0; l < S::L; ++l) tk[off[l]] += contrib[k][l];
+        } else {
           const unsigned m = S::bits(mask[k]);
           for (int l = 0; l < S::L; ++l)
-            if ((m >> l) & 1u) t[off[l] + coff[k]] += contrib[k][l];
+            if ((m >> l) & 1u) tk[off[l]] += contrib[k][l];
         }
       }
     }

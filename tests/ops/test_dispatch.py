@@ -4,6 +4,7 @@ both paddings, 2D/3D), velocity integration, GSS and local NCC, forward and
 backward, on one and two threads, and the scatter's slab colouring and its
 per-thread-buffer fallback. A focused subset, not the whole op suite per path."""
 
+import json
 import os
 import subprocess
 import sys
@@ -151,3 +152,20 @@ def test_environment_variable_selects_and_caps():
     assert got.returncode != 0 and "GEMINI_CPU_CAPABILITY" in got.stderr and "sse9" in got.stderr
     with pytest.raises(ValueError, match="capability"):
         torch.ops.gemini.set_cpu_capability("sse9")
+
+
+def test_benchmark_runs_every_path(tmp_path):
+    """The benchmark command of benchmarks/RESULTS.md, tiny: our rows on each
+    forced path next to MONAI's, with the busy-core column."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_ops.py")
+    out = tmp_path / "rows.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, script, "--sizes", "10x12x14", "--repeats", "1", "--cases", "warp"]
+    cmd += ["--paths", *SUPPORTED, "--busy-core", "--json", str(out)]
+    got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr
+    rows = json.loads(out.read_text())["rows"]
+    labels = {r["impl"] for r in rows}
+    assert labels == {"MONAI", *(f"ours ({p})" for p in SUPPORTED)}
+    assert all(r["busy_over_idle"] > 0 for r in rows if r["impl"] != "MONAI")
+    assert "OMP_WAIT_POLICY=PASSIVE" in got.stdout
