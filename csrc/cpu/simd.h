@@ -9,6 +9,7 @@
 // masked-out lanes and gives 0 there (zeros padding without branches).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if GEMINI_ISA_LEVEL >= 1
@@ -48,6 +49,15 @@ struct Scalar {
   static M gt(F a, F b) { return a > b; }
   static M lt(F a, F b) { return a < b; }
   static M both(M a, M b) { return a && b; }
+  static M all_lanes() { return true; }
+  static M nonzero(F a) { return !(a == T(0)); }  // NaN too
+  static F sqrt(F a) { return std::sqrt(a); }
+  static F round(F q) {  // half to even, q finite and small
+    const F f = floor(q), d = q - f;
+    if (d > T(0.5)) return f + T(1);
+    if (d < T(0.5)) return f;
+    return (static_cast<int32_t>(f) & 1) ? f + T(1) : f;
+  }
   static F select(M m, F a, F b) { return m ? a : b; }
   static F gather(const T* base, I idx, M m) { return m ? base[idx] : T(0); }
   // base[idx] and base[idx + 1] (both must be readable where m is set)
@@ -85,6 +95,10 @@ struct Avx2 {
   static M gt(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
   static M lt(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
   static M both(M a, M b) { return _mm256_and_si256(a, b); }
+  static M all_lanes() { return _mm256_set1_epi32(-1); }
+  static M nonzero(F a) { return _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_NEQ_UQ)); }
+  static F sqrt(F a) { return _mm256_sqrt_ps(a); }
+  static F round(F q) { return _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
   static F gather(const float* base, I idx, M m) {
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx, _mm256_castsi256_ps(m), 4);
@@ -142,6 +156,10 @@ struct Avx512 {
   static M gt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static M both(M a, M b) { return static_cast<M>(a & b); }
+  static M all_lanes() { return static_cast<M>(0xFFFF); }
+  static M nonzero(F a) { return _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_UQ); }
+  static F sqrt(F a) { return _mm512_sqrt_ps(a); }
+  static F round(F q) { return _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
   static F gather(const float* base, I idx, M m) {
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4);

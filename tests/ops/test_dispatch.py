@@ -106,6 +106,28 @@ def test_integrate_paths(path, threads, ndim, padding):
     _check(out, ref, (v,), (rv,), torch.float32, factor=20.0, what=path)
 
 
+def test_integrate_many_steps_checkpointed(path):
+    """Above 8 steps the backward keeps ~2 sqrt(steps) fields and recomputes."""
+    v = smooth_field(1, 3, (10, 9, 18), 12, max_abs=3.0).requires_grad_()
+    out = gemini_ops.integrate_velocity(v, 11)
+    ref = reference.integrate_velocity(v, 11)
+    _check(out, ref, (v,), (v,), torch.float64, what=path)
+
+
+@pytest.mark.parametrize("channels", [3, 37])
+def test_gss_float_lanes(path, threads, channels):
+    """float32 GSS on full lanes and tails; 37 channels: more than the
+    backward keeps between its passes (it gathers those again)."""
+    spatial = (11, 6, 21)
+    fm = randn((2, channels, *spatial), torch.float32, 13).requires_grad_()
+    ff = randn((2, channels, *spatial), torch.float32, 14).requires_grad_()
+    ddf = random_ddf(2, 3, spatial, torch.float32, 15).requires_grad_()
+    leaves = [t.detach().double().requires_grad_() for t in (fm, ff, ddf)]
+    out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+    ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
+    _check(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+
+
 @pytest.mark.parametrize("max_abs", [1.5, 9.0], ids=["slabs", "buffers"])
 def test_scatter_slabs_and_buffers(path, max_abs):
     """Two threads: small displacements colour slabs of 2 ceil(m) + 2 planes
