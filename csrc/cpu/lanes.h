@@ -210,14 +210,16 @@ struct Corners {
 
 // Slab thickness along the first axis that keeps the scatters of even (odd)
 // slabs apart, or 0 when the displacements are not finite or too large.
+// (One thread: a memory-bound pass of one channel costs less than waking
+// and joining the pool, which on shared cores can wait a time slice.)
 template <int NDIM, typename T>
-int64_t scatter_slab(const T* ddf, int64_t batch, const Extent<NDIM>& e, int nt) {
+int64_t scatter_slab(const T* ddf, int64_t batch, const Extent<NDIM>& e) {
   const int64_t n = e.numel();
   T m = T(0);
   int bad = 0;
   for (int64_t b = 0; b < batch; ++b) {
     const T* d = ddf + b * NDIM * n;  // channel 0: the first axis
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 8192) reduction(max : m) reduction(| : bad)
+#pragma omp simd reduction(max : m) reduction(| : bad)
     for (int64_t i = 0; i < n; ++i) {
       const T u = d[i] < T(0) ? -d[i] : d[i];
       bad |= !(u < T(1e6));  // NaN and inf too
@@ -240,7 +242,7 @@ void scatter_rows(const T* ddf, int64_t batch, const Extent<NDIM>& e, int nt, G*
     run_rows(int64_t(0), rows, target);
     return;
   }
-  const int64_t slab = scatter_slab(ddf, batch, e, nt), depth = e.size[0], rows_per_z = per_plane / depth;
+  const int64_t slab = scatter_slab(ddf, batch, e), depth = e.size[0], rows_per_z = per_plane / depth;
   const int64_t slabs = slab ? (depth + slab - 1) / slab : 0;
   if (slab && batch * (slabs / 2) >= nt) {
     for (int colour = 0; colour < 2; ++colour) {
