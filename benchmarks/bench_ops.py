@@ -1,6 +1,6 @@
 """Time gemini_ops against MONAI and the plain PyTorch composition, side by side.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda] [--sizes 64 96 128] [--threads 2 1]
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--sizes 64 96 128 | --size D H W] [--threads 2 1]
                                    [--paths avx2 avx512] [--cases integrate warp gss ncc]
                                    [--channels C] [--repeats N] [--composition] [--busy-core]
                                    [--json out.json]
@@ -245,6 +245,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--sizes", type=_parse_size, nargs="+", default=[(64,) * 3, (96,) * 3, (128,) * 3])
+    parser.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help="one size instead of --sizes")
     parser.add_argument("--threads", type=int, nargs="+", default=[min(2, os.cpu_count() or 1)])
     parser.add_argument(
         "--paths", nargs="+", choices=PATHS, help="CPU instruction sets of ours (default: the active one)"
@@ -256,6 +257,8 @@ def main() -> None:
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    if args.size:
+        args.sizes = [tuple(args.size)]
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU")
     gemini_ops.set_finite_checks(False)  # time the ops, not the input validation

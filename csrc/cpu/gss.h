@@ -134,15 +134,10 @@ void gss_forward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     if (fits_int32(e)) {
-      const int64_t W = e.size[NDIM - 1], rows = a.geo.batch * (e.numel() / W);
-      parallel_for(
-          rows, a.num_threads,
-          [&](int64_t r) {
-            for_row<NDIM, T>(e, r, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-              gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
-            });
-          },
-          W * a.geo.channels);
+      for_rows<NDIM, T>(a.geo.batch, e, a.num_threads, a.geo.channels,
+                        [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                          gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
+                        });
     } else {
       for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
     }
@@ -175,7 +170,6 @@ void gss_backward(const GssArgs<T>& a) {
     if (!fits_int32(e)) {
       gss_backward_voxels(a, e);
     } else {
-      const int64_t W = e.size[NDIM - 1], rows = a.geo.batch * (e.numel() / W);
       const int64_t items = a.geo.batch * e.numel();
       const int nt = threads_for(items, a.num_threads);
       auto run_rows = [&](int64_t r0, int64_t r1, T* into) {
@@ -187,7 +181,10 @@ void gss_backward(const GssArgs<T>& a) {
       if (a.grad_moving)
         scatter_rows(a.ddf, a.geo.batch, e, nt, a.grad_moving, items * a.geo.channels, run_rows);
       else
-        parallel_for(rows, nt, [&](int64_t r) { run_rows(r, r + 1, nullptr); }, W * a.geo.channels);
+        for_rows<NDIM, T>(a.geo.batch, e, nt, a.geo.channels,
+                          [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                            gss_backward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x, static_cast<T*>(nullptr));
+                          });
     }
   })
 }

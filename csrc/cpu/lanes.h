@@ -154,6 +154,14 @@ void for_row(const Extent<NDIM>& e, int64_t r, Span&& span) {
   for (; x < W; ++x) span(simd::Scalar<T>{}, b, c, v0 + x, x);
 }
 
+// for_row over every row of `batch` planes, rows handed out on demand
+// (channels: how many planes a voxel's work touches, for the chunk size).
+template <int NDIM, typename T, typename Span>
+void for_rows(int64_t batch, const Extent<NDIM>& e, int num_threads, int64_t channels, Span&& span) {
+  const int64_t W = e.size[NDIM - 1], rows = batch * (e.numel() / W);
+  parallel_for(rows, num_threads, [&](int64_t r) { for_row<NDIM, T>(e, r, span); }, W * channels);
+}
+
 // The sample points x + ddf(x) of the lanes starting at voxel x of a row.
 template <int NDIM, class S, typename T>
 LinearLanes<NDIM, S> sample_lanes(const T* ddf, int padding, const Extent<NDIM>& e, int64_t b, const int64_t* c,

@@ -101,21 +101,7 @@ void warp_backward_voxels(const WarpArgs<T>& a, const Extent<NDIM>& e) {
 }
 
 template <int NDIM, typename T>
-void warp_forward_rows(const WarpArgs<T>& a, const Extent<NDIM>& e) {
-  const int64_t W = e.size[NDIM - 1], rows = a.geo.batch * (e.numel() / W);
-  parallel_for(
-      rows, a.num_threads,
-      [&](int64_t r) {
-        for_row<NDIM, T>(e, r, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-          warp_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
-        });
-      },
-      W * a.geo.channels);
-}
-
-template <int NDIM, typename T>
 void warp_backward_rows(const WarpArgs<T>& a, const Extent<NDIM>& e) {
-  const int64_t W = e.size[NDIM - 1], rows = a.geo.batch * (e.numel() / W);
   const int64_t items = a.geo.batch * e.numel(), C = a.geo.channels;
   const int nt = threads_for(items, a.num_threads);
   T* target = a.grad_image;  // float and double accumulate in themselves
@@ -130,7 +116,9 @@ void warp_backward_rows(const WarpArgs<T>& a, const Extent<NDIM>& e) {
   if (target)
     scatter_rows(a.ddf, a.geo.batch, e, nt, target, items * C, run_rows);
   else  // gathers only: no writers to keep apart
-    parallel_for(rows, nt, [&](int64_t r) { run_rows(r, r + 1, nullptr); }, W * C);
+    for_rows<NDIM, T>(a.geo.batch, e, nt, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+      warp_backward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x, static_cast<T*>(nullptr), false);
+    });
 }
 
 template <typename T>
@@ -138,7 +126,10 @@ void warp_forward(const WarpArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     if (a.mode != kNearest && fits_int32(e)) {
-      warp_forward_rows(a, e);
+      for_rows<NDIM, T>(a.geo.batch, e, a.num_threads, a.geo.channels,
+                        [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                          warp_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
+                        });
     } else {
       for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { warp_forward_voxel(a, e, x); });
     }
