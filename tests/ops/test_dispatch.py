@@ -128,16 +128,18 @@ def test_gss_float_lanes(path, threads, channels):
     _check(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
 
 
-@pytest.mark.parametrize("max_abs", [1.5, 9.0], ids=["slabs", "buffers"])
-def test_scatter_slabs_and_buffers(path, max_abs):
-    """Two threads: small displacements colour slabs of 2 ceil(m) + 2 planes
-    (40 planes, m = 1.5: 10 slabs); large ones fall back to per-thread buffers."""
+@pytest.mark.parametrize(("batch", "max_abs"), [(2, 1.5), (1, 9.0)], ids=["slabs", "buffers"])
+def test_scatter_slabs_and_buffers(path, batch, max_abs):
+    """Two threads, 40 planes: small displacements colour slabs of
+    2 ceil(m) + 2 planes (m = 1.5: 7 slabs, 3 even ones per item); large
+    ones leave one slab per colour, too few for two threads, and fall back
+    to per-thread buffers."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         spatial = (40, 9, 18)
-        image = randn((2, 2, *spatial), torch.float64, 6).requires_grad_()
-        ddf = smooth_field(2, 3, spatial, 7, max_abs=max_abs).requires_grad_()
+        image = randn((batch, 2, *spatial), torch.float64, 6).requires_grad_()
+        ddf = smooth_field(batch, 3, spatial, 7, max_abs=max_abs).requires_grad_()
         out = gemini_ops.warp(image, ddf)
         ref = reference.warp(image, ddf)
         _check(out, ref, (image, ddf), (image, ddf), torch.float64, what=path)
