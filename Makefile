@@ -23,8 +23,10 @@ test: install
 demo: install
 	$(PYTHON) -m gemini_dcl.demo
 
+# e.g. make bench BENCH_ARGS="--paths avx2 avx512 --threads 2 1 --busy-core"
+BENCH_ARGS ?=
 bench: install
-	$(PYTHON) benchmarks/bench_ops.py
+	$(PYTHON) benchmarks/bench_ops.py $(BENCH_ARGS)
 
 # The CUDA kernel sources built for the host (and the CPU kernels) under
 # AddressSanitizer + UndefinedBehaviorSanitizer, running the op tests.

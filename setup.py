@@ -1,6 +1,9 @@
 """Builds gemini_ops/_C: the CPU kernels and the emulated CUDA kernels always,
 the real CUDA kernels when torch is a CUDA build (FORCE_CUDA=1 insists).
 
+The CPU kernels (csrc/cpu/isa_*.cpp) are compiled once per instruction set
+(portable, AVX2, AVX-512) and chosen at run time; see csrc/cpu/capability.h.
+
 Environment:
     FORCE_CUDA=1          build the CUDA kernels or fail saying why
     CUDA_HOME             the CUDA toolkit (found from known places otherwise;

@@ -1,32 +1,54 @@
 """Time gemini_ops against MONAI and the plain PyTorch composition, side by side.
 
-    python benchmarks/bench_ops.py [--device cpu|cuda] [--size D H W] [--channels C]
-                                   [--repeats N] [--threads T] [--json out.json]
+    python benchmarks/bench_ops.py [--device cpu|cuda] [--sizes 64 96 128 | --size D H W] [--threads 2 1]
+                                   [--paths avx2 avx512] [--cases integrate warp gss ncc]
+                                   [--channels C] [--repeats N] [--composition] [--busy-core]
+                                   [--json out.json]
 
-For each case it prints the median (and min) forward and forward+backward
-time, the peak extra memory of forward+backward (inputs excluded: CPU from
-VmHWM - VmRSS after resetting the peak, CUDA from max_memory_allocated), and
-the ratios MONAI / ours and composition / ours measured in this run.
+For each size, thread count and case it prints one table: the forward and
+forward+backward time (min over the repeats after a warm-up; median in
+brackets), the peak extra memory of forward+backward (inputs excluded: CPU
+from VmHWM - VmRSS after resetting the peak, CUDA from max_memory_allocated),
+and MONAI / this row, computed from the min times of this run. ``--paths``
+measures our CPU kernels on each forced instruction set (see
+GEMINI_CPU_CAPABILITY in csrc/cpu/capability.h) next to the same MONAI rows.
 Displacements and velocities are smooth random fields (max |u| 4 voxels).
+
+``--busy-core`` keeps one core busy with a spinning process during the
+measurements (a shared workstation or CI runner), and also times ours on one
+thread with no busy process, printing "busy ÷ idle 1 thread" for each of our
+rows: the robustness target is <= 1.5.
+
+The OpenMP runtime is started with OMP_WAIT_POLICY=PASSIVE unless the
+environment sets it: waiting threads sleep instead of spinning, so they give
+a shared core back (see benchmarks/RESULTS.md, "Shared cores").
 """
 
 from __future__ import annotations
 
-import argparse
-import ctypes
-import gc
-import json
 import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+# before torch loads the OpenMP runtime, which reads it once
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import gemini_ops
-from gemini_ops import reference
+import argparse  # noqa: E402
+import ctypes  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import gemini_ops  # noqa: E402
+from gemini_ops import reference  # noqa: E402
+
+CASES = ("integrate", "warp", "gss", "ncc")
+PATHS = ("default", "avx2", "avx512")
 
 
 def _malloc_trim() -> None:
@@ -42,6 +64,17 @@ def _rss_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def peak_extra_mib(fn: Callable[[], None], device: str) -> float:
@@ -64,7 +97,7 @@ def peak_extra_mib(fn: Callable[[], None], device: str) -> float:
 
 
 def timings(fn: Callable[[], None], device: str, repeats: int) -> tuple[float, float]:
-    """(median, min) wall time in ms after one warm-up call."""
+    """(min, median) wall time in ms after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
@@ -75,10 +108,10 @@ def timings(fn: Callable[[], None], device: str, repeats: int) -> tuple[float, f
         if device == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), min(times)
+    return min(times), statistics.median(times)
 
 
-def measure(name: str, impl: str, forward: Callable[[], torch.Tensor], inputs: list, device: str, repeats: int):
+def measure(forward: Callable[[], torch.Tensor], inputs: list, device: str, repeats: int) -> dict:
     def fwd() -> None:
         with torch.no_grad():
             forward()
@@ -88,20 +121,12 @@ def measure(name: str, impl: str, forward: Callable[[], torch.Tensor], inputs: l
             t.grad = None
         forward().backward()
 
-    fwd_med, fwd_min = timings(fwd, device, repeats)
-    fb_med, fb_min = timings(fwd_bwd, device, repeats)
+    fwd_min, fwd_med = timings(fwd, device, repeats)
+    fb_min, fb_med = timings(fwd_bwd, device, repeats)
     mem = peak_extra_mib(fwd_bwd, device)
     for t in inputs:
         t.grad = None
-    return {
-        "case": name,
-        "impl": impl,
-        "fwd_ms": fwd_med,
-        "fwd_min_ms": fwd_min,
-        "fwd_bwd_ms": fb_med,
-        "fwd_bwd_min_ms": fb_min,
-        "peak_mib": mem,
-    }
+    return {"fwd_ms": fwd_min, "fwd_med_ms": fwd_med, "fwd_bwd_ms": fb_min, "fwd_bwd_med_ms": fb_med, "peak_mib": mem}
 
 
 def monai_blocks():
@@ -111,8 +136,9 @@ def monai_blocks():
     return Warp, DVF2DDF, LocalNormalizedCrossCorrelationLoss
 
 
-def cases(size, channels: int, device: str):
-    """(case, {impl: (forward returning a scalar, leaf inputs)})"""
+def cases(size, channels: int, device: str, wanted: tuple, composition: bool):
+    """(case, {impl: (forward returning a scalar, leaf inputs)}); impl "ours" is
+    measured once per instruction-set path."""
     Warp, DVF2DDF, LNCC = monai_blocks()
     gen = torch.Generator().manual_seed(0)
 
@@ -130,97 +156,180 @@ def cases(size, channels: int, device: str):
     d, h, w = size
     image = rand(1, 1, d, h, w)
     velocity = smooth(1, 3, d, h, w)
+    ddf = smooth(1, 3, d, h, w)
     m_warp, m_int = Warp("bilinear", "zeros").to(device), DVF2DDF(7).to(device)
-    yield (
-        "integrate(7) + warp",
-        {
+    if "integrate" in wanted:
+        impls = {
             "ours": (
                 lambda: gemini_ops.warp(image, gemini_ops.integrate_velocity(velocity, 7)).sum(),
                 [image, velocity],
             ),
             "MONAI": (lambda: m_warp(image, m_int(velocity)).sum(), [image, velocity]),
-            "composition": (
+        }
+        if composition:
+            impls["composition"] = (
                 lambda: reference.warp(image, reference.integrate_velocity(velocity, 7)).sum(),
                 [image, velocity],
-            ),
-        },
-    )
-    ddf = smooth(1, 3, d, h, w)
-    yield (
-        "warp",
-        {
-            "ours": (lambda: gemini_ops.warp(image, ddf).sum(), [image, ddf]),
-            "MONAI": (lambda: m_warp(image, ddf).sum(), [image, ddf]),
-        },
-    )
-    fm, ff = rand(1, channels, d, h, w), rand(1, channels, d, h, w)
-    m_near = Warp("nearest", "zeros").to(device)
+            )
+        yield "integrate(7) + warp", impls
+    if "warp" in wanted:
+        yield (
+            "warp",
+            {
+                "ours": (lambda: gemini_ops.warp(image, ddf).sum(), [image, ddf]),
+                "MONAI": (lambda: m_warp(image, ddf).sum(), [image, ddf]),
+            },
+        )
+    if "gss" in wanted:
+        fm, ff = rand(1, channels, d, h, w), rand(1, channels, d, h, w)
+        m_near = Warp("nearest", "zeros").to(device)
 
-    def gss_composition() -> torch.Tensor:
-        warped = m_warp(fm, ddf)
-        cos = F.cosine_similarity(warped, ff, dim=1).unsqueeze(1)
-        mask = m_near(torch.ones_like(image), ddf.detach())
-        return (cos * mask).sum() / mask.sum().clamp_min(1e-6)
+        def gss_composition() -> torch.Tensor:
+            warped = m_warp(fm, ddf)
+            cos = F.cosine_similarity(warped, ff, dim=1).unsqueeze(1)
+            mask = m_near(torch.ones_like(image), ddf.detach())
+            return (cos * mask).sum() / mask.sum().clamp_min(1e-6)
 
-    yield (
-        f"GSS (C={channels})",
-        {
-            "ours": (lambda: gemini_ops.gss_similarity(fm, ff, ddf), [fm, ff, ddf]),
-            "MONAI": (gss_composition, [fm, ff, ddf]),
-        },
-    )
-    a, b = rand(1, 1, d, h, w), rand(1, 1, d, h, w)
-    m_lncc = LNCC(spatial_dims=3, kernel_size=9, kernel_type="rectangular")
-    yield (
-        "local NCC (window 9)",
-        {
+        yield (
+            f"GSS (C={channels})",
+            {
+                "ours": (lambda: gemini_ops.gss_similarity(fm, ff, ddf), [fm, ff, ddf]),
+                "MONAI": (gss_composition, [fm, ff, ddf]),
+            },
+        )
+    if "ncc" in wanted:
+        a, b = rand(1, 1, d, h, w), rand(1, 1, d, h, w)
+        m_lncc = LNCC(spatial_dims=3, kernel_size=9, kernel_type="rectangular")
+        impls = {
             "ours": (lambda: gemini_ops.local_ncc(a, b, 9), [a, b]),
             "MONAI": (lambda: m_lncc(a, b), [a, b]),
-            "composition": (lambda: reference.local_ncc_map(a, b, 9).mean(), [a, b]),
-        },
-    )
+        }
+        if composition:
+            impls["composition"] = (lambda: reference.local_ncc_map(a, b, 9).mean(), [a, b])
+        yield "local NCC (window 9)", impls
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+class BusyCore:
+    """A process spinning on one core while the block runs."""
+
+    def __init__(self, enabled: bool):
+        self.proc = multiprocessing.get_context("spawn").Process(target=_spin, daemon=True) if enabled else None
+
+    def __enter__(self):
+        if self.proc is not None:
+            self.proc.start()
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.join()
+
+
+def _parse_size(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.lower().split("x")]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"a size is N or DxHxW with positive ints, got {text!r}")
+    return tuple(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--size", type=int, nargs=3, default=(96, 96, 96), metavar=("D", "H", "W"))
+    parser.add_argument("--sizes", type=_parse_size, nargs="+", default=[(64,) * 3, (96,) * 3, (128,) * 3])
+    parser.add_argument("--size", type=int, nargs=3, metavar=("D", "H", "W"), help="one size instead of --sizes")
+    parser.add_argument("--threads", type=int, nargs="+", default=[min(2, os.cpu_count() or 1)])
+    parser.add_argument(
+        "--paths", nargs="+", choices=PATHS, help="CPU instruction sets of ours (default: the active one)"
+    )
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--composition", action="store_true", help="also time the plain PyTorch composition")
+    parser.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
+    if args.size:
+        args.sizes = [tuple(args.size)]
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU")
-    torch.set_num_threads(args.threads)
     gemini_ops.set_finite_checks(False)  # time the ops, not the input validation
     info = gemini_ops.backend_info()
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    # our CPU kernels' instruction-set switch (absent from builds before it)
+    ops = torch.ops.gemini if info["compiled"] and hasattr(torch.ops.gemini, "cpu_capability") else None
+    active = str(ops.cpu_capability()) if ops is not None else "reference"
+    paths = args.paths or [active]
+    if args.device == "cpu" and ops is not None:
+        for p in paths:
+            if ops.set_cpu_capability(p) != p:
+                parser.error(f"--paths {p}: this CPU lacks it (it supports up to {ops.set_cpu_capability('avx512')})")
+        ops.set_cpu_capability(active)
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(
-        f"# {time.strftime('%Y-%m-%d')} {args.device} ({machine}), {args.threads} threads, torch {torch.__version__}, "
-        f"size {tuple(args.size)}, float32, batch 1, compiled={info['compiled']}, load {os.getloadavg()[0]:.2f}"
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {args.device} ({machine}, {os.cpu_count()} cores), "
+        f"torch {torch.__version__}, float32, batch 1, compiled={info['compiled']}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, busy core={args.busy_core}, "
+        f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     rows = []
-    print("| case | impl | fwd ms (min) | fwd+bwd ms (min) | peak MiB | fwd ÷ ours | fwd+bwd ÷ ours | peak ÷ ours |")
-    print("|" + "---|" * 8)
-    for name, impls in cases(tuple(args.size), args.channels, args.device):
-        results = {
-            impl: measure(name, impl, fn, inputs, args.device, args.repeats) for impl, (fn, inputs) in impls.items()
-        }
-        ours = results["ours"]
-        for impl, r in results.items():
-            r["fwd_ratio"] = r["fwd_ms"] / ours["fwd_ms"]
-            r["fwd_bwd_ratio"] = r["fwd_bwd_ms"] / ours["fwd_bwd_ms"]
-            r["peak_ratio"] = r["peak_mib"] / max(ours["peak_mib"], 1e-3)
-            print(
-                f"| {name} | {impl} | {r['fwd_ms']:.1f} ({r['fwd_min_ms']:.1f}) | {r['fwd_bwd_ms']:.1f} "
-                f"({r['fwd_bwd_min_ms']:.1f}) | {r['peak_mib']:.1f} | {r['fwd_ratio']:.1f}x | {r['fwd_bwd_ratio']:.1f}x "
-                f"| {r['peak_ratio']:.1f}x |"
-            )
-            rows.append(r)
+    for size in args.sizes:
+        for threads in args.threads:
+            for name, impls in cases(size, args.channels, args.device, tuple(args.cases), args.composition):
+                print(f"\n## {name}, {'x'.join(map(str, size))}, {threads} thread(s), load {os.getloadavg()[0]:.2f}")
+                header = (
+                    "| impl | fwd ms (median) | fwd+bwd ms (median) | peak MiB | MONAI ÷ this, fwd | fwd+bwd | peak |"
+                )
+                if args.busy_core:
+                    header += " busy ÷ idle 1 thread |"
+                print(header)
+                print("|" + "---|" * (header.count("|") - 1))
+                results = {}
+                idle = {}
+                for impl, (fn, inputs) in impls.items():
+                    for p in paths if impl == "ours" else [None]:
+                        label = f"ours ({p})" if p and args.device == "cpu" and ops is not None else impl
+                        if p and args.device == "cpu" and ops is not None:
+                            ops.set_cpu_capability(p)
+                        if args.busy_core and impl == "ours":
+                            torch.set_num_threads(1)
+                            idle[label] = measure(fn, inputs, args.device, args.repeats)
+                        torch.set_num_threads(threads)
+                        with BusyCore(args.busy_core):
+                            results[label] = measure(fn, inputs, args.device, args.repeats)
+                if ops is not None:
+                    ops.set_cpu_capability(active)
+                monai = results["MONAI"]
+                for label, r in results.items():
+                    r.update(case=name, impl=label, size=size, threads=threads, busy_core=args.busy_core)
+                    r["monai_fwd_ratio"] = monai["fwd_ms"] / r["fwd_ms"]
+                    r["monai_fwd_bwd_ratio"] = monai["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+                    r["monai_peak_ratio"] = monai["peak_mib"] / max(r["peak_mib"], 1e-3)
+                    line = (
+                        f"| {label} | {r['fwd_ms']:.1f} ({r['fwd_med_ms']:.1f}) | {r['fwd_bwd_ms']:.1f} "
+                        f"({r['fwd_bwd_med_ms']:.1f}) | {r['peak_mib']:.1f} | {r['monai_fwd_ratio']:.1f}x "
+                        f"| {r['monai_fwd_bwd_ratio']:.1f}x | {r['monai_peak_ratio']:.2f}x |"
+                    )
+                    if args.busy_core:
+                        if label in idle:
+                            r["idle_1thread_fwd_bwd_ms"] = idle[label]["fwd_bwd_ms"]
+                            r["busy_over_idle"] = r["fwd_bwd_ms"] / idle[label]["fwd_bwd_ms"]
+                            line += f" {r['busy_over_idle']:.2f} ({idle[label]['fwd_bwd_ms']:.1f} ms idle) |"
+                        else:
+                            line += " |"
+                    print(line, flush=True)
+                    rows.append(r)
+    print(f"\n# load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "backend": info, "rows": rows}, fh, indent=2)
+            json.dump({"args": {k: v for k, v in vars(args).items()}, "backend": info, "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

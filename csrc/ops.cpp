@@ -1,4 +1,5 @@
 // Op schemas of both namespaces, and the CPU kernels of torch.ops.gemini.
+#include "cpu/capability.h"
 #include "ops_impl.h"
 
 namespace gemini {
@@ -33,6 +34,10 @@ TORCH_LIBRARY(gemini, m) {
     return false;
 #endif
   });
+  // the instruction set of the CPU kernels (see csrc/cpu/capability.h)
+  m.def("cpu_capability() -> str", []() { return std::string(gemini::isa::name(gemini::isa::active())); });
+  m.def("set_cpu_capability(str capability) -> str",
+        [](const std::string& c) { return gemini::isa::set_capability(c); });
 }
 
 TORCH_LIBRARY(gemini_emulated, m) { gemini::define_schemas(m); }

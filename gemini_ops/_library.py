@@ -184,3 +184,10 @@ def _register(ns: str) -> None:
 
 def compiled_with_cuda() -> bool:
     return bool(_LOADED) and bool(torch.ops.gemini.compiled_with_cuda())
+
+
+def cpu_capability() -> str | None:
+    """The instruction set of the CPU kernels in use ("default", "avx2" or
+    "avx512"; the environment variable GEMINI_CPU_CAPABILITY caps it), or
+    None without the compiled library."""
+    return str(torch.ops.gemini.cpu_capability()) if _LOADED else None

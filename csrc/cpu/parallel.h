@@ -1,29 +1,58 @@
-// OpenMP helpers of the CPU backend. Scatters (adjoints of a gather) run
-// without atomics: threads own disjoint channels when there are enough of
-// them, otherwise each thread adds into its own buffer and the buffers are
-// summed once at the end.
+// OpenMP helpers of the CPU kernels.
+//
+// Shared cores: work is handed out in chunks on demand (dynamic schedules),
+// never as one static share per thread, so a thread that the OS deschedules
+// (another process on its core) delays only the chunk it holds; the others
+// take the rest. Scatters (adjoints of a gather) run without atomics: threads
+// own disjoint channels when there are enough of them, otherwise each thread
+// adds into its own buffer and the buffers are summed once at the end (the
+// warp kernels first try disjoint slabs, see warp.h).
 #pragma once
 
 #include <omp.h>
 
 #include <cstdint>
-#include <vector>
+#include <cstdlib>
+#include <new>
 
 #include "gemini/voxel_math.h"
 
 namespace gemini {
+GEMINI_ISA_BEGIN
 namespace cpu {
 
 // Below this many items a loop runs on one thread: waking the pool costs more.
 constexpr int64_t kSerialBelow = 4096;
+// Chunks per thread of a dynamic schedule: enough for one slow thread to be
+// covered by the others, few enough that taking a chunk costs nothing.
+constexpr int64_t kChunksPerThread = 16;
 
-inline int threads_for(int64_t items, int num_threads) { return items < kSerialBelow ? 1 : (num_threads < 1 ? 1 : num_threads); }
+inline int threads_for(int64_t items, int num_threads) {
+  return items < kSerialBelow ? 1 : (num_threads < 1 ? 1 : num_threads);
+}
+
+// Chunk size of n items (each `cost` voxels) shared by nt threads.
+inline int64_t chunk_for(int64_t n, int nt, int64_t cost = 1) {
+  const int64_t by_threads = n / (int64_t(nt) * kChunksPerThread);
+  const int64_t by_cost = (kSerialBelow / 4 + cost - 1) / cost;  // a chunk holds >= 1k voxels of work
+  const int64_t c = by_threads > by_cost ? by_cost : by_threads;
+  return c < 1 ? 1 : c;
+}
 
 // f(i) for i in [0, n); cost: the work of one item, in voxels
 template <typename F>
 void parallel_for(int64_t n, int num_threads, F&& f, int64_t cost = 1) {
-#pragma omp parallel for num_threads(threads_for(n * cost, num_threads)) schedule(static)
-  for (int64_t i = 0; i < n; ++i) f(i);
+  const int nt = threads_for(n * cost, num_threads);
+  if (nt == 1) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+  const int64_t chunk = chunk_for(n, nt, cost);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t j = 0; j < (n + chunk - 1) / chunk; ++j) {
+    const int64_t end = (j + 1) * chunk < n ? (j + 1) * chunk : n;
+    for (int64_t i = j * chunk; i < end; ++i) f(i);
+  }
 }
 
 // f(voxel) for the voxels [i0, i1) of the batch, walking coordinates without divisions
@@ -34,21 +63,62 @@ void for_voxel_range(const Extent<NDIM>& e, int64_t i0, int64_t i1, F&& f) {
   for (int64_t i = i0; i < i1; ++i, advance(x, e)) f(x);
 }
 
-// f(voxel) for every voxel of `batch` planes, in one contiguous chunk per thread
-template <int NDIM, typename F>
-void for_voxels(int64_t batch, const Extent<NDIM>& e, int num_threads, F&& f) {
-  const int64_t items = batch * e.numel();
-#pragma omp parallel num_threads(threads_for(items, num_threads))
-  {
-    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-    for_voxel_range(e, items * t / T, items * (t + 1) / T, f);
+// range(i0, i1, thread) over chunks of [0, items), dynamically scheduled
+template <typename F>
+void for_ranges(int64_t items, int nt, F&& range) {
+  if (nt == 1) {
+    range(int64_t(0), items, 0);
+    return;
+  }
+  const int64_t chunk = chunk_for(items, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t j = 0; j < (items + chunk - 1) / chunk; ++j) {
+    const int64_t end = (j + 1) * chunk < items ? (j + 1) * chunk : items;
+    range(j * chunk, end, omp_get_thread_num());
   }
 }
 
+// f(voxel) for every voxel of `batch` planes
+template <int NDIM, typename F>
+void for_voxels(int64_t batch, const Extent<NDIM>& e, int num_threads, F&& f) {
+  const int64_t items = batch * e.numel();
+  for_ranges(items, threads_for(items, num_threads),
+             [&](int64_t i0, int64_t i1, int) { for_voxel_range(e, i0, i1, f); });
+}
+
 // Whether scatter_without_atomics gives threads disjoint channels (else each
-// thread owns a range of items and a buffer of its own).
+// thread owns a buffer of its own).
 inline bool partitions_channels(int64_t channels, int nt) {
   return channels >= nt && (channels % nt == 0 || channels >= 4 * nt);
+}
+
+// Zero-filled buffers, one per extra thread: calloc maps fresh zero pages,
+// so each thread faults in only the pages it touches, in parallel, instead
+// of one thread zero-filling them all first.
+template <typename G>
+struct ThreadBuffers {
+  G* data;
+  int64_t numel;
+  ThreadBuffers(int count, int64_t n) : numel(n) {
+    data = static_cast<G*>(std::calloc(static_cast<size_t>(count) * n > 0 ? static_cast<size_t>(count) * n : 1,
+                                       sizeof(G)));
+    if (!data) throw std::bad_alloc();
+  }
+  ~ThreadBuffers() { std::free(data); }
+  ThreadBuffers(const ThreadBuffers&) = delete;
+  ThreadBuffers& operator=(const ThreadBuffers&) = delete;
+  // thread t > 0 writes here (thread 0 writes into the output)
+  G* of(int t) const { return data + (t - 1) * numel; }
+};
+
+// out[j] += sum over threads of their buffers
+template <typename G>
+void reduce_into(G* out, const ThreadBuffers<G>& own, int nt) {
+  parallel_for(own.numel, nt, [&](int64_t j) {
+    G s = G(0);
+    for (int t = 1; t < nt; ++t) s += own.of(t)[j];
+    out[j] += s;
+  });
 }
 
 // body(i0, i1, c0, c1, target) adds what items [i0, i1) contribute to
@@ -62,28 +132,15 @@ void scatter_without_atomics(G* out, int64_t out_numel, int64_t items, int64_t c
     return;
   }
   if (partitions_channels(channels, nt)) {
-#pragma omp parallel num_threads(nt)
-    {
-      const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      body(int64_t(0), items, channels * t / T, channels * (t + 1) / T, out);
-    }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t c = 0; c < channels; ++c) body(int64_t(0), items, c, c + 1, out);
     return;
   }
-  std::vector<G> own(static_cast<size_t>(nt - 1) * out_numel, G(0));
-  int used = 1;
-#pragma omp parallel num_threads(nt)
-  {
-    const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-#pragma omp single
-    used = static_cast<int>(T);
-    body(items * t / T, items * (t + 1) / T, int64_t(0), channels, t == 0 ? out : own.data() + (t - 1) * out_numel);
-  }
-  parallel_for(out_numel, nt, [&](int64_t j) {
-    G s = G(0);
-    for (int t = 1; t < used; ++t) s += own[(t - 1) * out_numel + j];
-    out[j] += s;
-  });
+  ThreadBuffers<G> own(nt - 1, out_numel);
+  for_ranges(items, nt, [&](int64_t i0, int64_t i1, int t) { body(i0, i1, int64_t(0), channels, t == 0 ? out : own.of(t)); });
+  reduce_into(out, own, nt);
 }
 
 }  // namespace cpu
+GEMINI_ISA_END
 }  // namespace gemini

@@ -14,6 +14,7 @@
 #include "gemini/voxel_math.h"
 
 namespace gemini {
+GEMINI_ISA_BEGIN
 
 // Sizes every runner needs: fs = B * C * nvox voxels per field, r = window / 2.
 template <int NDIM, typename T>
@@ -80,4 +81,5 @@ void ncc_run(const NccArgs<T>& a, void* stream, bool backward) {
   }
 }
 
+GEMINI_ISA_END
 }  // namespace gemini

@@ -10,6 +10,18 @@
 #define GEMINI_HD inline
 #endif
 
+// The CPU kernels are compiled once per instruction set (csrc/cpu/isa_*.cpp
+// define GEMINI_CPU_CAPABILITY); the per-voxel code then lives in an inline
+// namespace of that name, so the copies built with different -m flags never
+// merge at link time (one definition each). Elsewhere these are empty.
+#ifdef GEMINI_CPU_CAPABILITY
+#define GEMINI_ISA_BEGIN inline namespace GEMINI_CPU_CAPABILITY {
+#define GEMINI_ISA_END }
+#else
+#define GEMINI_ISA_BEGIN
+#define GEMINI_ISA_END
+#endif
+
 namespace gemini {
 
 // Loads and stores between a tensor's element type and the accumulation

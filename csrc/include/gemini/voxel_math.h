@@ -19,6 +19,7 @@
   }
 
 namespace gemini {
+GEMINI_ISA_BEGIN
 
 enum Mode : int { kBilinear = 0, kNearest = 1 };
 enum Padding : int { kZeros = 0, kBorder = 1 };
@@ -406,4 +407,5 @@ GEMINI_HD NccSums<A> ncc_sum_grads(const NccSums<A>& s, A n, bool squared, A eps
   return {-gc * s.b / n - A(2) * gva * s.a / n, -gc * s.a / n - A(2) * gvb * s.b / n, gva, gvb, gc};
 }
 
+GEMINI_ISA_END
 }  // namespace gemini

@@ -8,6 +8,7 @@
 #include "gemini/voxel_math.h"
 
 namespace gemini {
+GEMINI_ISA_BEGIN
 
 // ---- warp ----------------------------------------------------------------
 
@@ -226,4 +227,5 @@ GEMINI_HD void ncc_input_grads_voxel(const acc_t<T>* bg, const NccArgs<T>& a, in
   if (a.grad_b) a.grad_b[i] = store<T>(g.b + A(2) * y * g.bb + x * g.ab);
 }
 
+GEMINI_ISA_END
 }  // namespace gemini

@@ -1,0 +1,274 @@
+// Row kernels of the CPU backend, shared by warp and GSS: linear sampling
+// of S::L voxels at a time along rows (x innermost, simd.h lanes), and the
+// scatter (adjoint of a gather) without atomics.
+//
+// The corners of the lanes are gathered with int32 offsets within a channel
+// plane and with masks, so out-of-volume corners read nothing and count 0:
+// no branch per corner. Where both x neighbours of every lane are inside
+// (the interior), each x pair is one 64-bit gather and the scatter needs no
+// mask. Planes of 2^29 voxels or more take the per-voxel code of voxel_ops.h.
+//
+// Scatters without full-size buffers: the sample of a voxel at first-axis
+// index z lands on planes [z - m - 1, z + m + 1] with m = max |ddf_0|, so
+// slabs of 2 ceil(m) + 2 planes along the first axis, all even slabs then all
+// odd ones, never write the same place at the same time. Larger
+// displacements (too few slabs for the threads) fall back to per-thread
+// buffers.
+#pragma once
+
+#include <cmath>
+
+#include "gemini/voxel_ops.h"
+#include "parallel.h"
+#include "simd.h"
+
+namespace gemini {
+GEMINI_ISA_BEGIN
+namespace cpu {
+
+// int32 offsets within a plane (corners reach one plane past each side)
+template <int NDIM>
+bool fits_int32(const Extent<NDIM>& e) {
+  return e.numel() < (int64_t(1) << 29);
+}
+
+// Linear interpolation weights and corners of S::L sample points.
+template <int NDIM, class S>
+struct LinearLanes {
+  using E = typename S::E;
+  using F = typename S::F;
+  using I = typename S::I;
+  using M = typename S::M;
+  static constexpr int kCorners = 1 << NDIM;
+  I off;            // corner 0, within a plane
+  F frac[NDIM];
+  F dclamp[NDIM];   // 0 where border padding clamps the point (no gradient)
+  M lo_in[NDIM], hi_in[NDIM];
+  bool x_inside;    // both x neighbours of every lane inside: pairs load as one
+  F point[NDIM];    // the sample points as given
+
+  LinearLanes(const F* p, const Extent<NDIM>& e, int padding) {
+    off = S::seti(0);
+    for (int k = 0; k < NDIM; ++k) {
+      F q = point[k] = p[k];
+      dclamp[k] = S::set(E(1));
+      if (padding == kBorder) {
+        const F zero = S::set(E(0)), top = S::set(E(e.size[k] - 1));
+        dclamp[k] = S::select(S::both(S::gt(q, zero), S::lt(q, top)), S::set(E(1)), zero);
+        q = S::min(S::max(q, zero), top);  // a NaN becomes 0, as in Linear
+      }
+      // safe_coord: NaN and far points pulled to just outside
+      q = S::min(S::max(q, S::set(E(-2))), S::set(E(e.size[k] + 1)));
+      const F fl = S::floor(q);
+      frac[k] = q - fl;
+      const I lo = S::to_int(fl);
+      const int32_t n = static_cast<int32_t>(e.size[k]);
+      lo_in[k] = S::in_range(lo, n);
+      hi_in[k] = S::in_range(S::addi(lo, S::seti(1)), n);
+      off = S::addi(off, S::muli(lo, static_cast<int32_t>(e.stride[k])));
+    }
+    x_inside = S::bits(S::both(lo_in[NDIM - 1], hi_in[NDIM - 1])) == S::kAll;
+  }
+
+  // corner c takes the upper neighbour along axis k when bit (NDIM - 1 - k) is set
+  static int32_t corner_offset(const Extent<NDIM>& e, int c) {
+    int32_t o = 0;
+    for (int k = 0; k < NDIM; ++k)
+      if ((c >> (NDIM - 1 - k)) & 1) o += static_cast<int32_t>(e.stride[k]);
+    return o;
+  }
+  M corner_mask(int c) const {
+    M m = ((c >> (NDIM - 1)) & 1) ? hi_in[0] : lo_in[0];
+    for (int k = 1; k < NDIM; ++k) m = S::both(m, ((c >> (NDIM - 1 - k)) & 1) ? hi_in[k] : lo_in[k]);
+    return m;
+  }
+
+  void gather(const E* plane, const int32_t* coff, const M* mask, F* vals) const {
+    if (x_inside) {  // the interior: corners c, c + 1 are x neighbours, one mask
+      for (int c = 0; c < kCorners; c += 2)
+        S::gather_pair(plane, S::addi(off, S::seti(coff[c])), mask[c], vals[c], vals[c + 1]);
+      return;
+    }
+    for (int c = 0; c < kCorners; ++c) vals[c] = S::gather(plane, S::addi(off, S::seti(coff[c])), mask[c]);
+  }
+
+  void weights(F* w) const {
+    w[0] = S::set(E(1));
+    for (int k = 0, count = 1; k < NDIM; ++k, count *= 2)
+      for (int c = count - 1; c >= 0; --c) {
+        const F x = w[c];
+        w[2 * c] = x - x * frac[k];
+        w[2 * c + 1] = x * frac[k];
+      }
+  }
+
+  // value at the points, and (when dv) its derivative along each axis
+  F interpolate(const F* v, F* dv) const {
+    if constexpr (NDIM == 3) {
+      const F fz = frac[0], fy = frac[1], fx = frac[2];
+      const F dx00 = v[1] - v[0], dx01 = v[3] - v[2], dx10 = v[5] - v[4], dx11 = v[7] - v[6];
+      const F a00 = S::fma(fx, dx00, v[0]), a01 = S::fma(fx, dx01, v[2]);
+      const F a10 = S::fma(fx, dx10, v[4]), a11 = S::fma(fx, dx11, v[6]);
+      const F dy0 = a01 - a00, dy1 = a11 - a10;
+      const F b0 = S::fma(fy, dy0, a00), b1 = S::fma(fy, dy1, a10);
+      const F dz = b1 - b0;
+      if (dv) {
+        const F ex0 = S::fma(fy, dx01 - dx00, dx00), ex1 = S::fma(fy, dx11 - dx10, dx10);
+        dv[0] = dz * dclamp[0];
+        dv[1] = S::fma(fz, dy1 - dy0, dy0) * dclamp[1];
+        dv[2] = S::fma(fz, ex1 - ex0, ex0) * dclamp[2];
+      }
+      return S::fma(fz, dz, b0);
+    } else {
+      const F fy = frac[0], fx = frac[1];
+      const F dx0 = v[1] - v[0], dx1 = v[3] - v[2];
+      const F a0 = S::fma(fx, dx0, v[0]), a1 = S::fma(fx, dx1, v[2]);
+      const F dy = a1 - a0;
+      if (dv) {
+        dv[0] = dy * dclamp[0];
+        dv[1] = S::fma(fy, dx1 - dx0, dx0) * dclamp[1];
+      }
+      return S::fma(fy, dy, a0);
+    }
+  }
+};
+
+// Calls span(lanes_tag, b, coords, v, x) along row r of a batch of planes:
+// full lanes of the widest type, then the tail one voxel at a time. coords
+// are the row's first NDIM - 1 coordinates, v the flat index of voxel x.
+template <int NDIM, typename T, typename Span>
+void for_row(const Extent<NDIM>& e, int64_t r, Span&& span) {
+  using V = typename simd::Widest<T>::type;
+  const int64_t W = e.size[NDIM - 1], per_plane = e.numel() / W;
+  const int64_t b = r / per_plane, q = r - b * per_plane;
+  int64_t c[2];
+  if constexpr (NDIM == 3) {
+    c[0] = q / e.size[1];
+    c[1] = q - c[0] * e.size[1];
+  } else {
+    c[0] = q;
+  }
+  const int64_t v0 = q * W;
+  int64_t x = 0;
+  for (; x + V::L <= W; x += V::L) span(V{}, b, c, v0 + x, x);
+  for (; x < W; ++x) span(simd::Scalar<T>{}, b, c, v0 + x, x);
+}
+
+// for_row over every row of `batch` planes, rows handed out on demand
+// (channels: how many planes a voxel's work touches, for the chunk size).
+template <int NDIM, typename T, typename Span>
+void for_rows(int64_t batch, const Extent<NDIM>& e, int num_threads, int64_t channels, Span&& span) {
+  const int64_t W = e.size[NDIM - 1], rows = batch * (e.numel() / W);
+  parallel_for(rows, num_threads, [&](int64_t r) { for_row<NDIM, T>(e, r, span); }, W * channels);
+}
+
+// The sample points x + ddf(x) of the lanes starting at voxel x of a row.
+template <int NDIM, class S, typename T>
+LinearLanes<NDIM, S> sample_lanes(const T* ddf, int padding, const Extent<NDIM>& e, int64_t b, const int64_t* c,
+                                  int64_t v, int64_t x) {
+  using E = typename S::E;
+  const int64_t n = e.numel();
+  const T* d = ddf + b * NDIM * n + v;
+  typename S::F p[NDIM];
+  for (int k = 0; k < NDIM - 1; ++k) p[k] = S::load(d + k * n) + S::set(E(c[k]));
+  p[NDIM - 1] = S::load(d + (NDIM - 1) * n) + S::iota(E(x));
+  return LinearLanes<NDIM, S>(p, e, padding);
+}
+
+// target[off + coff[k]] += g * w[k] over the lanes and corners whose mask is
+// set, corner by corner: consecutive adds go to different places (lane by
+// lane, one lane's upper x corner is the next lane's lower one, and each add
+// would wait for the previous store).
+template <class S, int K, typename T>
+void scatter_lanes(T* t, const int32_t* off, const int32_t* coff, const typename S::M* mask, bool interior,
+                   const typename S::F* w, typename S::F g) {
+  alignas(64) typename S::E contrib[K][S::L];
+  for (int k = 0; k < K; ++k) S::store(contrib[k], g * w[k]);
+  for (int k = 0; k < K; ++k) {
+    T* tk = t + coff[k];
+    if (interior) {
+      for (int l = 0; l < S::L; ++l) tk[off[l]] += contrib[k][l];
+    } else {
+      const unsigned m = S::bits(mask[k]);
+      for (int l = 0; l < S::L; ++l)
+        if ((m >> l) & 1u) tk[off[l]] += contrib[k][l];
+    }
+  }
+}
+
+// Corner offsets and masks of the lanes (live: lanes that count at all).
+template <int NDIM, class S>
+struct Corners {
+  static constexpr int K = 1 << NDIM;
+  int32_t coff[K];
+  typename S::M mask[K];
+  bool interior;  // every corner of every lane inside (and live)
+  alignas(64) int32_t off[S::L];
+  Corners(const LinearLanes<NDIM, S>& s, const Extent<NDIM>& e, typename S::M live) {
+    unsigned all = S::kAll;
+    for (int k = 0; k < K; ++k) {
+      coff[k] = LinearLanes<NDIM, S>::corner_offset(e, k);
+      mask[k] = S::both(s.corner_mask(k), live);
+      all &= S::bits(mask[k]);
+    }
+    interior = all == S::kAll;
+    S::store_int(off, s.off);
+  }
+};
+
+// Slab thickness along the first axis that keeps the scatters of even (odd)
+// slabs apart, or 0 when the displacements are not finite or too large.
+// (One thread: a memory-bound pass of one channel costs less than waking
+// and joining the pool, which on shared cores can wait a time slice.)
+template <int NDIM, typename T>
+int64_t scatter_slab(const T* ddf, int64_t batch, const Extent<NDIM>& e) {
+  const int64_t n = e.numel();
+  T m = T(0);
+  int bad = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* d = ddf + b * NDIM * n;  // channel 0: the first axis
+#pragma omp simd reduction(max : m) reduction(| : bad)
+    for (int64_t i = 0; i < n; ++i) {
+      const T u = d[i] < T(0) ? -d[i] : d[i];
+      bad |= !(u < T(1e6));  // NaN and inf too
+      m = u > m ? u : m;
+    }
+  }
+  if (bad) return 0;
+  return 2 * static_cast<int64_t>(std::ceil(m)) + 2;
+}
+
+// run_rows(r0, r1, target) scatters what rows [r0, r1) of `batch` planes
+// contribute into target (out_numel values, zeroed or accumulating), on nt
+// threads kept apart by slabs (see the top of this file) or, failing that,
+// by per-thread buffers summed at the end. ddf: (batch, NDIM, *S).
+template <int NDIM, typename T, typename G, typename RunRows>
+void scatter_rows(const T* ddf, int64_t batch, const Extent<NDIM>& e, int nt, G* target, int64_t out_numel,
+                  RunRows&& run_rows) {
+  const int64_t per_plane = e.numel() / e.size[NDIM - 1], rows = batch * per_plane;
+  if (nt == 1) {
+    run_rows(int64_t(0), rows, target);
+    return;
+  }
+  const int64_t slab = scatter_slab(ddf, batch, e), depth = e.size[0], rows_per_z = per_plane / depth;
+  const int64_t slabs = slab ? (depth + slab - 1) / slab : 0;
+  if (slab && batch * (slabs / 2) >= nt) {
+    for (int colour = 0; colour < 2; ++colour) {
+      const int64_t per_item = (slabs - colour + 1) / 2;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+      for (int64_t t = 0; t < batch * per_item; ++t) {
+        const int64_t b = t / per_item, s = colour + 2 * (t - b * per_item);
+        const int64_t z0 = s * slab, z1 = z0 + slab < depth ? z0 + slab : depth;
+        run_rows(b * per_plane + z0 * rows_per_z, b * per_plane + z1 * rows_per_z, target);
+      }
+    }
+    return;
+  }
+  ThreadBuffers<G> own(nt - 1, out_numel);
+  for_ranges(rows, nt, [&](int64_t r0, int64_t r1, int t) { run_rows(r0, r1, t == 0 ? target : own.of(t)); });
+  reduce_into(target, own, nt);
+}
+
+}  // namespace cpu
+GEMINI_ISA_END
+}  // namespace gemini

@@ -1,0 +1,203 @@
+// Lanes of voxels for the CPU row kernels: one type per instruction set,
+// with the same static interface, so a kernel is written once over `S`
+// (float lanes use + - * directly: GCC and Clang define them on __m256/__m512).
+//   Scalar<T>  one voxel (the portable path, row tails, double)
+//   Avx2       8 float lanes, AVX2 + FMA gathers
+//   Avx512     16 float lanes, AVX-512F masked gathers
+// Indices are int32 (offsets within one channel plane; callers check that
+// a plane fits). Masks select lanes; a masked gather reads nothing for
+// masked-out lanes and gives 0 there (zeros padding without branches).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if GEMINI_ISA_LEVEL >= 1
+#include <immintrin.h>
+#endif
+
+#include "gemini/params.h"
+
+namespace gemini {
+GEMINI_ISA_BEGIN
+namespace simd {
+
+template <typename T>
+struct Scalar {
+  static constexpr int L = 1;
+  using E = T;
+  using F = T;
+  using I = int32_t;
+  using M = bool;
+  static F load(const T* p) { return *p; }
+  static void store(T* p, F v) { *p = v; }
+  static F set(T v) { return v; }
+  static F iota(T x0) { return x0; }
+  static I seti(int32_t v) { return v; }
+  static I addi(I a, I b) { return a + b; }
+  static I muli(I a, int32_t s) { return a * s; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static F floor(F q) {  // q is finite and small (see safe_coord)
+    const T t = static_cast<T>(static_cast<int32_t>(q));
+    return t > q ? t - T(1) : t;
+  }
+  static I to_int(F q) { return static_cast<int32_t>(q); }
+  // max/min with x86 semantics: a NaN in `a` gives `b`
+  static F max(F a, F b) { return a > b ? a : b; }
+  static F min(F a, F b) { return a < b ? a : b; }
+  static M in_range(I i, int32_t n) { return static_cast<uint32_t>(i) < static_cast<uint32_t>(n); }
+  static M gt(F a, F b) { return a > b; }
+  static M lt(F a, F b) { return a < b; }
+  static M both(M a, M b) { return a && b; }
+  static M all_lanes() { return true; }
+  static M nonzero(F a) { return !(a == T(0)); }  // NaN too
+  static F sqrt(F a) { return std::sqrt(a); }
+  static F round(F q) {  // half to even, q finite and small
+    const F f = floor(q), d = q - f;
+    if (d > T(0.5)) return f + T(1);
+    if (d < T(0.5)) return f;
+    return (static_cast<int32_t>(f) & 1) ? f + T(1) : f;
+  }
+  static F select(M m, F a, F b) { return m ? a : b; }
+  static F gather(const T* base, I idx, M m) { return m ? base[idx] : T(0); }
+  // base[idx] and base[idx + 1] (both must be readable where m is set)
+  static void gather_pair(const T* base, I idx, M m, F& lo, F& hi) {
+    lo = m ? base[idx] : T(0);
+    hi = m ? base[idx + 1] : T(0);
+  }
+  static unsigned bits(M m) { return m ? 1u : 0u; }
+  static constexpr unsigned kAll = 1u;
+  static void store_int(int32_t* p, I v) { *p = v; }
+};
+
+#if GEMINI_ISA_LEVEL >= 1
+struct Avx2 {
+  static constexpr int L = 8;
+  using E = float;
+  using F = __m256;
+  using I = __m256i;
+  using M = __m256i;  // all-ones lanes
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static F set(float v) { return _mm256_set1_ps(v); }
+  static F iota(float x0) { return _mm256_add_ps(_mm256_set1_ps(x0), _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)); }
+  static I seti(int32_t v) { return _mm256_set1_epi32(v); }
+  static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I muli(I a, int32_t s) { return _mm256_mullo_epi32(a, _mm256_set1_epi32(s)); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F floor(F q) { return _mm256_floor_ps(q); }
+  static I to_int(F q) { return _mm256_cvttps_epi32(q); }
+  static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F min(F a, F b) { return _mm256_min_ps(a, b); }
+  static M in_range(I i, int32_t n) {
+    return _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), i), _mm256_cmpgt_epi32(i, _mm256_set1_epi32(-1)));
+  }
+  static M gt(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
+  static M lt(F a, F b) { return _mm256_castps_si256(_mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
+  static M both(M a, M b) { return _mm256_and_si256(a, b); }
+  static M all_lanes() { return _mm256_set1_epi32(-1); }
+  static M nonzero(F a) { return _mm256_castps_si256(_mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_NEQ_UQ)); }
+  static F sqrt(F a) { return _mm256_sqrt_ps(a); }
+  static F round(F q) { return _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
+  static F gather(const float* base, I idx, M m) {
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, idx, _mm256_castsi256_ps(m), 4);
+  }
+  // Two neighbours per lane as one 64-bit element: half the elements of two
+  // 32-bit gathers, which is what a gather costs on current x86 cores.
+  static void gather_pair(const float* base, I idx, M m, F& lo, F& hi) {
+    const __m128i i0 = _mm256_castsi256_si128(idx), i1 = _mm256_extracti128_si256(idx, 1);
+    const __m256i m0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m));
+    const __m256i m1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1));
+    const long long* b = reinterpret_cast<const long long*>(base);
+    const __m256 g0 = _mm256_castsi256_ps(_mm256_mask_i32gather_epi64(_mm256_setzero_si256(), b, i0, m0, 4));
+    const __m256 g1 = _mm256_castsi256_ps(_mm256_mask_i32gather_epi64(_mm256_setzero_si256(), b, i1, m1, 4));
+    // per 128-bit half: [l0 l1 l4 l5 | l2 l3 l6 l7], then the 64-bit blocks in order
+    lo = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(g0, g1, _MM_SHUFFLE(2, 0, 2, 0))),
+                                                _MM_SHUFFLE(3, 1, 2, 0)));
+    hi = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(g0, g1, _MM_SHUFFLE(3, 1, 3, 1))),
+                                                _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static unsigned bits(M m) { return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }
+  static constexpr unsigned kAll = 0xFFu;
+  static void store_int(int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+};
+#endif
+
+#if GEMINI_ISA_LEVEL >= 2
+// GCC 12 warns about the deliberately undefined pass-through operand inside
+// its own AVX-512 intrinsics (_mm512_undefined_ps): not ours to fix.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+struct Avx512 {
+  static constexpr int L = 16;
+  using E = float;
+  using F = __m512;
+  using I = __m512i;
+  using M = __mmask16;
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F set(float v) { return _mm512_set1_ps(v); }
+  static F iota(float x0) {
+    return _mm512_add_ps(_mm512_set1_ps(x0),
+                         _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+  static I seti(int32_t v) { return _mm512_set1_epi32(v); }
+  static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I muli(I a, int32_t s) { return _mm512_mullo_epi32(a, _mm512_set1_epi32(s)); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F floor(F q) { return _mm512_roundscale_ps(q, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  static I to_int(F q) { return _mm512_cvttps_epi32(q); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static M in_range(I i, int32_t n) { return _mm512_cmplt_epu32_mask(i, _mm512_set1_epi32(n)); }
+  static M gt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static M both(M a, M b) { return static_cast<M>(a & b); }
+  static M all_lanes() { return static_cast<M>(0xFFFF); }
+  static M nonzero(F a) { return _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_UQ); }
+  static F sqrt(F a) { return _mm512_sqrt_ps(a); }
+  static F round(F q) { return _mm512_roundscale_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
+  static F gather(const float* base, I idx, M m) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, base, 4);
+  }
+  // see Avx2::gather_pair
+  static void gather_pair(const float* base, I idx, M m, F& lo, F& hi) {
+    const __m256i i0 = _mm512_castsi512_si256(idx), i1 = _mm512_extracti64x4_epi64(idx, 1);
+    const __m512 g0 = _mm512_castsi512_ps(
+        _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), static_cast<__mmask8>(m), i0, base, 4));
+    const __m512 g1 = _mm512_castsi512_ps(
+        _mm512_mask_i32gather_epi64(_mm512_setzero_si512(), static_cast<__mmask8>(m >> 8), i1, base, 4));
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    lo = _mm512_permutex2var_ps(g0, even, g1);
+    hi = _mm512_permutex2var_ps(g0, _mm512_add_epi32(even, _mm512_set1_epi32(1)), g1);
+  }
+  static unsigned bits(M m) { return static_cast<unsigned>(m); }
+  static constexpr unsigned kAll = 0xFFFFu;
+  static void store_int(int32_t* p, I v) { _mm512_storeu_si512(p, v); }
+};
+#endif
+
+// The widest lanes of this build for element type T (double: one voxel).
+template <typename T>
+struct Widest {
+  using type = Scalar<T>;
+};
+#if GEMINI_ISA_LEVEL == 1
+template <>
+struct Widest<float> {
+  using type = Avx2;
+};
+#elif GEMINI_ISA_LEVEL >= 2
+template <>
+struct Widest<float> {
+  using type = Avx512;
+};
+#endif
+
+}  // namespace simd
+GEMINI_ISA_END
+}  // namespace gemini

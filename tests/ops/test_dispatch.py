@@ -1,0 +1,195 @@
+"""Every CPU instruction-set path (GEMINI_CPU_CAPABILITY) against the
+reference: warp (row kernels: full lanes, row tails, masked border lanes,
+both paddings, 2D/3D), velocity integration, GSS and local NCC, forward and
+backward, on one and two threads, and the scatter's slab colouring and its
+per-thread-buffer fallback. A focused subset, not the whole op suite per path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from opsutil import assert_rel_close, have, randn, random_ddf, smooth_field
+
+import gemini_ops
+from gemini_ops import reference
+
+pytestmark = pytest.mark.skipif(not have("compiled"), reason="needs the compiled library")
+
+PATHS = ("default", "avx2", "avx512")
+
+
+def _supported() -> list:
+    """The paths this CPU runs (a request above that is capped)."""
+    ops = torch.ops.gemini
+    before = ops.cpu_capability()
+    try:
+        return [p for p in PATHS if ops.set_cpu_capability(p) == p]
+    finally:
+        ops.set_cpu_capability(before)
+
+
+SUPPORTED = _supported() if have("compiled") else []
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    if request.param not in SUPPORTED:
+        pytest.skip(f"this CPU lacks {request.param}")
+    ops = torch.ops.gemini
+    before = ops.cpu_capability()
+    assert ops.set_cpu_capability(request.param) == request.param
+    yield request.param
+    ops.set_cpu_capability(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _grads(out, inputs, seed):
+    w = randn(out.shape, torch.float64, seed).to(out.dtype)
+    return torch.autograd.grad((out * w).sum(), inputs)
+
+
+def _check(out, ref, inputs, ref_inputs, dtype, factor=1.0, what=""):
+    assert_rel_close(out, ref, dtype, factor=factor, what=what + " forward")
+    for k, (g, r) in enumerate(zip(_grads(out, inputs, 11), _grads(ref, ref_inputs, 11))):
+        assert_rel_close(g, r, dtype, factor=factor, what=f"{what} grad {k}")
+
+
+# 3D: 21 = one 16-lane + 5 tail voxels, or two 8-lane + 5; 2D: 37 = 2 x 16 + 5
+SHAPES = {2: (19, 37), 3: (13, 11, 21)}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_warp_paths(path, threads, ndim, dtype, padding):
+    spatial = SHAPES[ndim]
+    image = randn((2, 3, *spatial), dtype, 1)
+    ddf = random_ddf(2, ndim, spatial, dtype, 2, scale=3.0)  # many corners outside: masked lanes
+    for mode in ("bilinear", "nearest"):
+        i, d = image.clone().requires_grad_(), ddf.clone().requires_grad_()
+        ri, rd = image.double().requires_grad_(), ddf.double().requires_grad_()
+        out = gemini_ops.warp(i, d, mode, padding)
+        ref = reference.warp(ri, rd, mode, padding)
+        _check(out, ref, (i, d), (ri, rd), dtype, factor=4.0, what=f"{path} {mode}")
+
+
+@pytest.mark.parametrize("which", ["image", "ddf"])
+def test_warp_one_gradient(path, threads, which):
+    spatial = SHAPES[3]
+    image = randn((1, 2, *spatial), torch.float32, 3).requires_grad_(which == "image")
+    ddf = random_ddf(1, 3, spatial, torch.float32, 4).requires_grad_(which == "ddf")
+    leaf = image if which == "image" else ddf
+    out = gemini_ops.warp(image, ddf)
+    ref_leaf = leaf.double().detach().requires_grad_()
+    ref = reference.warp(ref_leaf, ddf.double()) if which == "image" else reference.warp(image.double(), ref_leaf)
+    _check(out, ref, (leaf,), (ref_leaf,), torch.float32, factor=4.0, what=path)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_integrate_paths(path, threads, ndim, padding):
+    spatial = (24, 14, 21) if ndim == 3 else (40, 37)
+    v = smooth_field(1, ndim, spatial, 5, max_abs=4.0, dtype=torch.float32).requires_grad_()
+    rv = v.detach().double().requires_grad_()
+    out = gemini_ops.integrate_velocity(v, 5, padding)
+    ref = reference.integrate_velocity(rv, 5, padding)
+    _check(out, ref, (v,), (rv,), torch.float32, factor=20.0, what=path)
+
+
+def test_integrate_many_steps_checkpointed(path):
+    """Above 8 steps the backward keeps ~2 sqrt(steps) fields and recomputes."""
+    v = smooth_field(1, 3, (10, 9, 18), 12, max_abs=3.0).requires_grad_()
+    out = gemini_ops.integrate_velocity(v, 11)
+    ref = reference.integrate_velocity(v, 11)
+    _check(out, ref, (v,), (v,), torch.float64, what=path)
+
+
+@pytest.mark.parametrize("channels", [3, 37])
+def test_gss_float_lanes(path, threads, channels):
+    """float32 GSS on full lanes and tails; 37 channels: more than the
+    backward keeps between its passes (it gathers those again)."""
+    spatial = (11, 6, 21)
+    fm = randn((2, channels, *spatial), torch.float32, 13).requires_grad_()
+    ff = randn((2, channels, *spatial), torch.float32, 14).requires_grad_()
+    ddf = random_ddf(2, 3, spatial, torch.float32, 15).requires_grad_()
+    leaves = [t.detach().double().requires_grad_() for t in (fm, ff, ddf)]
+    out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+    ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
+    _check(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+
+
+@pytest.mark.parametrize(("batch", "max_abs"), [(2, 1.5), (1, 9.0)], ids=["slabs", "buffers"])
+def test_scatter_slabs_and_buffers(path, batch, max_abs):
+    """Two threads, 40 planes: small displacements colour slabs of
+    2 ceil(m) + 2 planes (m = 1.5: 7 slabs, 3 even ones per item); large
+    ones leave one slab per colour, too few for two threads, and fall back
+    to per-thread buffers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spatial = (40, 9, 18)
+        image = randn((batch, 2, *spatial), torch.float64, 6).requires_grad_()
+        ddf = smooth_field(batch, 3, spatial, 7, max_abs=max_abs).requires_grad_()
+        out = gemini_ops.warp(image, ddf)
+        ref = reference.warp(image, ddf)
+        _check(out, ref, (image, ddf), (image, ddf), torch.float64, what=path)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gss_and_ncc_paths(path, threads):
+    spatial = (9, 10, 19)
+    fm = randn((1, 4, *spatial), torch.float64, 8).requires_grad_()
+    ff = randn((1, 4, *spatial), torch.float64, 9).requires_grad_()
+    ddf = smooth_field(1, 3, spatial, 10, max_abs=3.0).requires_grad_()
+    out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+    ref = reference.gss_map(fm, ff, ddf) * reference.sample_mask(ddf)
+    _check(out, ref, (fm, ff, ddf), (fm, ff, ddf), torch.float64, what=path + " gss")
+    a, b = fm[:, :2], ff[:, :2]
+    out = gemini_ops.local_ncc(a, b, 5, reduction="none")
+    ref = reference.local_ncc_map(a, b, 5)
+    _check(out, ref, (fm, ff), (fm, ff), torch.float64, what=path + " ncc")
+
+
+def test_environment_variable_selects_and_caps():
+    """GEMINI_CPU_CAPABILITY picks the path at load time; a bad value is a
+    clear error naming the variable."""
+    code = "import torch, gemini_ops; gemini_ops.backend_info(); print(torch.ops.gemini.cpu_capability())"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for want in ("default", SUPPORTED[-1]):
+        env["GEMINI_CPU_CAPABILITY"] = want
+        got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert got.stdout.split()[-1] == want
+    env["GEMINI_CPU_CAPABILITY"] = "sse9"
+    code = "import torch, gemini_ops; gemini_ops.backend_info(); torch.ops.gemini.cpu_capability()"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.returncode != 0 and "GEMINI_CPU_CAPABILITY" in got.stderr and "sse9" in got.stderr
+    with pytest.raises(ValueError, match="capability"):
+        torch.ops.gemini.set_cpu_capability("sse9")
+
+
+def test_benchmark_runs_every_path(tmp_path):
+    """The benchmark command of benchmarks/RESULTS.md, tiny: our rows on each
+    forced path next to MONAI's, with the busy-core column."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_ops.py")
+    out = tmp_path / "rows.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, script, "--sizes", "10x12x14", "--repeats", "1", "--cases", "warp"]
+    cmd += ["--paths", *SUPPORTED, "--busy-core", "--json", str(out)]
+    got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr
+    rows = json.loads(out.read_text())["rows"]
+    labels = {r["impl"] for r in rows}
+    assert labels == {"MONAI", *(f"ours ({p})" for p in SUPPORTED)}
+    assert all(r["busy_over_idle"] > 0 for r in rows if r["impl"] != "MONAI")
+    assert "OMP_WAIT_POLICY=PASSIVE" in got.stdout
