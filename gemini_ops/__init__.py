@@ -27,7 +27,8 @@ def backend_info() -> dict:
     """Which backends this install has: ``compiled`` (the C++ library loaded),
     ``cuda`` (CUDA kernels compiled in), ``emulated`` (the CUDA kernel sources
     built for the host), ``reference`` (always), ``cuda_available`` (a GPU is
-    usable now), and versions."""
+    usable now), ``cpu_capability`` (the instruction set the CPU kernels run:
+    "default", "avx2" or "avx512"), and versions."""
     compiled = _library.load()
     return {
         "compiled": compiled,
@@ -35,6 +36,7 @@ def backend_info() -> dict:
         "emulated": compiled and hasattr(torch.ops.gemini_emulated, "warp"),
         "reference": True,
         "cuda_available": torch.cuda.is_available(),
+        "cpu_capability": _library.cpu_capability(),
         "library": _library.loaded_path(),
         "load_error": _library.load_error(),
         "gemini_ops_version": __version__,
