@@ -11,7 +11,7 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "load_pretrained_backbone"]
+__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "read_weights", "load_pretrained_backbone"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,13 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
             raise ValueError(f"{source}: key {key!r} clashes with another key after normalising to {name!r}")
         state[name] = value
     return state
+
+
+def read_weights(path: PathLike) -> dict[str, torch.Tensor]:
+    """The network weights stored in ``path`` (a plain state dict, a training
+    checkpoint's ``model`` entry, a MONAI/DDP/authors' checkpoint), with
+    normalised names: the project's one reader of weight files."""
+    return extract_state_dict(read_checkpoint(path), os.fspath(path))
 
 
 def _normalise_key(key: str) -> str:

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from monai.losses import GlobalMutualInformationLoss, LocalNormalizedCrossCorrelationLoss, SSIMLoss
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 import gemini_ops
@@ -169,7 +168,7 @@ class GeminiMIPTrainer(GeminiPairTrainer):
 
         def compute() -> dict[str, torch.Tensor]:
             with self._autocast():
-                restored = self.network(corrupt)
+                restored = self.inferer(corrupt, self.network)
             return {"loss_restore": self.loss_weights["restore"] * self.restore_loss(restored.float(), clean.float())}
 
         return self._optimise("restore", compute)
@@ -184,8 +183,7 @@ class GVSLTrainer(GeminiPairTrainer):
     smoothness(deformable flow) + ``restore`` x MSE(restored, A).
 
     Args:
-        network: a ``GVSL`` (wrapped in :class:`GVSLForward` unless it is one
-            or a DDP wrapper around one).
+        network: a ``GVSL`` (the trainer wraps it in :class:`GVSLForward`).
         similarity: ``"ncc"``, ``"mi"``, ``"ssim"`` (:func:`similarity_loss`)
             or a loss module ``(warped, fixed) -> scalar``.
         restore_loss: default ``torch.nn.MSELoss()``.
@@ -194,6 +192,8 @@ class GVSLTrainer(GeminiPairTrainer):
         ncc_window: box side of the ``"ncc"`` similarity.
         other arguments: see :class:`GeminiPairTrainer` (its GVS/GSS settings are unused).
     """
+
+    forward_class = GVSLForward
 
     def __init__(
         self,
@@ -213,9 +213,6 @@ class GVSLTrainer(GeminiPairTrainer):
             raise ValueError("GVSL trains on the pair stream: unlabeled_phase must stay True")
         weights = _merge_weights(loss_weights, GVSL_LOSS_WEIGHTS)
         super().__init__(device, max_epochs, train_data_loader, network, optimizer, **kwargs)
-        inner = network.module if isinstance(network, DistributedDataParallel) else network
-        # The base wrapped the network for GEMINI's pair forward; GVSL needs its own.
-        self.network = network if isinstance(inner, GVSLForward) else GVSLForward(network)
         self.loss_weights = weights
         self.similarity = similarity_loss(similarity, 3, ncc_window) if isinstance(similarity, str) else similarity
         self.restore_loss = restore_loss if restore_loss is not None else nn.MSELoss()

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
+from monai.inferers import Inferer, SimpleInferer
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -115,9 +116,9 @@ class GeminiPairTrainer(Trainer):
         max_epochs: epochs to run.
         train_data_loader: the unlabelled pair stream (dict batches). Not read
             when ``unlabeled_phase`` is False (then ``epoch_length`` is required).
-        network: a GEMINI network (``features``, ``flow``, ``forward``); it is
-            wrapped in :class:`PairForward` unless it already is one or is a DDP
-            wrapper around one.
+        network: a GEMINI network (``features``, ``flow``, ``forward``); the
+            trainer wraps it in :attr:`forward_class` and, when
+            ``torch.distributed`` is initialised, in ``DistributedDataParallel``.
         optimizer: one optimiser for all steps (as in the authors' code).
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
         loss_weights: ``smooth``, ``gvs``, ``gss`` (and the subclass's keys);
@@ -129,6 +130,8 @@ class GeminiPairTrainer(Trainer):
         gvs_window: side of the local NCC box.
         gss_feature_weight, gss_flow_weight: the GSS pair's inner weights.
         pair_keys: batch keys of A and B.
+        inferer: the single-image forward of the second step,
+            ``inferer(image, network)`` (default ``SimpleInferer``).
         train_handlers, key_train_metric, additional_metrics, non_blocking:
             as in ``monai.engines.SupervisedTrainer``.
     """
@@ -148,6 +151,7 @@ class GeminiPairTrainer(Trainer):
         gss_feature_weight: float = 0.1,
         gss_flow_weight: float = 1.0,
         pair_keys: Sequence[str] = ("image_a", "image_b"),
+        inferer: Inferer | None = None,
         non_blocking: bool = False,
         train_handlers: Sequence | None = None,
         key_train_metric: dict | None = None,
@@ -175,9 +179,9 @@ class GeminiPairTrainer(Trainer):
             amp=self.amp_mode == "fp16",  # Trainer.run makes a GradScaler only then; bf16 needs none
             decollate=False,
         )
-        inner = network.module if isinstance(network, DistributedDataParallel) else network
-        self.network = network if isinstance(inner, PairForward) else PairForward(network)
+        self.network = self._training_module(network, device)
         self.optimizer = optimizer
+        self.inferer = SimpleInferer() if inferer is None else inferer
         unknown = set(loss_weights or {}) - set(DEFAULT_LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown loss_weights keys {sorted(unknown)}; known: {sorted(DEFAULT_LOSS_WEIGHTS)}")
@@ -189,6 +193,25 @@ class GeminiPairTrainer(Trainer):
         self.gss = gemini_ops.GSSLoss(gss_feature_weight, gss_flow_weight)
         self.state.skipped_steps = 0
         self.state_dict_user_keys.append("skipped_steps")
+
+    # The module whose forward runs every training computation (DDP only
+    # synchronises gradients of what runs through its wrapped forward).
+    forward_class: type[nn.Module] = PairForward
+
+    def _training_module(self, network: nn.Module, device: torch.device) -> nn.Module:
+        """``network`` behind :attr:`forward_class`, wrapped in
+        ``DistributedDataParallel`` when ``torch.distributed`` is initialised."""
+        if isinstance(network, (DistributedDataParallel, self.forward_class)):
+            raise TypeError(
+                f"pass the bare network: the trainer wraps it in {self.forward_class.__name__} and, under "
+                f"torch.distributed, in DistributedDataParallel (got {type(network).__name__})"
+            )
+        module = self.forward_class(network)
+        if dist.is_available() and dist.is_initialized():
+            # the pair and the second step each leave part of the network unused
+            ids = [device] if device.type == "cuda" else None
+            module = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+        return module
 
     @staticmethod
     def _amp_mode(amp: bool | str, device: torch.device) -> str:
@@ -337,7 +360,7 @@ class GeminiSemiTrainer(GeminiPairTrainer):
 
         def compute() -> dict[str, torch.Tensor]:
             with self._autocast():
-                logits = self.network(image)
+                logits = self.inferer(image, self.network)
             return {"loss_seg": self.loss_weights["seg"] * self.seg_loss(logits.float(), label)}
 
         return self._optimise("seg", compute)

@@ -29,6 +29,8 @@ class GEMINI(nn.Module):
         deformer_channels: the 5 deformer widths (``Conv1..Conv5``).
         integration_steps: scaling-and-squaring steps of :meth:`flow`; 0 uses the
             deformer output as a plain displacement (the authors' way, which can fold).
+        flow_init: initialisation of the last deformer conv (``deformer.1``):
+            ``"kaiming"`` (the authors') or ``"small_normal"`` (weights N(0, 1e-5), bias 0).
 
     Submodules (``state_dict`` prefixes): ``unet`` (backbone), ``deformer``
     (``deformer.0`` the shallow U-Net on concat(feat_a, feat_b), ``deformer.1``
@@ -50,6 +52,7 @@ class GEMINI(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512, 256, 128, 64, 32),
         deformer_channels: Sequence[int] = (32, 64, 64, 64, 32),
         integration_steps: int = 7,
+        flow_init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -65,6 +68,16 @@ class GEMINI(nn.Module):
         )
         self.res_conv = head(spatial_dims, self.feature_channels, out_channels)
         kaiming_init(self)
+        self._init_flow_conv(flow_init)
+
+    def _init_flow_conv(self, flow_init: str) -> None:
+        # "small_normal" starts the deformation near the identity (VoxelMorph's
+        # choice); "kaiming" is the authors' initialisation.
+        if flow_init == "small_normal":
+            nn.init.normal_(self.deformer[1].weight, 0.0, 1e-5)
+            nn.init.zeros_(self.deformer[1].bias)
+        elif flow_init != "kaiming":
+            raise ValueError(f"flow_init must be 'kaiming' or 'small_normal', got {flow_init!r}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel features: (B, in_channels, *S) -> (B, channels[-1], *S)."""
