@@ -28,7 +28,7 @@ def _tiny_network() -> GEMINI:
 
 def test_evaluate(trained_bundle: Path, tiny_data: Path) -> None:
     run(bundle_command("run", ["train", "evaluate"], trained_bundle, datalist=tiny_data))
-    out = trained_bundle / "eval"
+    out = trained_bundle / "runs" / "train" / "eval"
     summary = json.loads((out / "summary.json").read_text())
     seg_rows = list(csv.DictReader(open(out / "segmentation.csv")))
     reg_rows = list(csv.DictReader(open(out / "registration.csv")))
@@ -63,8 +63,10 @@ def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path,
     run(
         bundle_command(
             "run",
-            ["train", "inference"],
+            ["inference"],
             trained_bundle,
+            "--model_path",
+            str(trained_bundle / "runs" / "train" / "model.pt"),
             "--input_files",
             repr([str(path)]),
             "--output_dir",
@@ -80,7 +82,7 @@ def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path,
 
     # the same as segmenting the RAS-reoriented volume and flipping back
     net = _tiny_network().eval()
-    net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(trained_bundle / "runs" / "train" / "model.pt", weights_only=True))
     x = torch.as_tensor(data[::-1].copy(), dtype=torch.float32)
     x = (x - x.min()) / (x.max() - x.min())
     with torch.no_grad():
@@ -90,7 +92,8 @@ def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path,
 
 
 def test_register_outputs(trained_bundle: Path, tiny_data: Path) -> None:
-    run(bundle_command("run", ["train", "register"], trained_bundle, datalist=tiny_data))
+    weights = str(trained_bundle / "runs" / "train" / "model.pt")
+    run(bundle_command("run", ["register"], trained_bundle, "--model_path", weights, datalist=tiny_data))
     out = trained_bundle / "registration"
     report = json.loads((out / "registration.json").read_text())
     test = load_datalist(tiny_data)["test"]
@@ -134,7 +137,7 @@ def test_ckpt_export_torchscript(trained_bundle: Path, tmp_path: Path) -> None:
             "--filepath",
             str(ts),
             "--ckpt_file",
-            str(trained_bundle / "models" / "model.pt"),
+            str(trained_bundle / "runs" / "train" / "model.pt"),
             "--use_trace",
             "True",
             "--input_shape",
@@ -142,7 +145,7 @@ def test_ckpt_export_torchscript(trained_bundle: Path, tmp_path: Path) -> None:
         )
     )
     net = _tiny_network().eval()
-    net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(trained_bundle / "runs" / "train" / "model.pt", weights_only=True))
     scripted = torch.jit.load(str(ts))
     x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
