@@ -151,19 +151,9 @@ class GeminiMIPTrainer(GeminiPairTrainer):
         self.loss_weights = weights
         self.restore_loss = restore_loss if restore_loss is not None else nn.MSELoss()
         self.corrupt_key = corrupt_key
-        self._batch: Mapping | None = None
-
-    def _iteration(self, engine: GeminiMIPTrainer, batchdata: Any) -> dict:
-        # The base hook takes no arguments; the restoration step needs this batch.
-        engine._batch = batchdata
-        try:
-            return super()._iteration(engine, batchdata)
-        finally:
-            engine._batch = None
-
-    def _second_step(self) -> dict[str, float]:
+    def _second_step(self, batchdata: Mapping) -> dict[str, float]:
         clean, corrupt = _to_device(
-            self._batch, (self.pair_keys[0], self.corrupt_key), self.state.device, self.non_blocking
+            batchdata, (self.pair_keys[0], self.corrupt_key), self.state.device, self.non_blocking
         )
 
         def compute() -> dict[str, torch.Tensor]:

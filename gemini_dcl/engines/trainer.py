@@ -239,7 +239,7 @@ class GeminiPairTrainer(Trainer):
         output: dict[str, float] = {}
         if engine.unlabeled_phase:
             output.update(engine._optimise("pair", lambda: engine._pair_losses(batchdata)))
-        output.update(engine._second_step())
+        output.update(engine._second_step(batchdata))
         output[Keys.LOSS] = sum(v for k, v in output.items() if k.startswith("loss_"))
         output["skipped_steps"] = engine.state.skipped_steps
         engine.state.output = output
@@ -268,9 +268,10 @@ class GeminiPairTrainer(Trainer):
             gss = gss + self.gss(f_moving, f_fixed, ddf, mask)
         return {"loss_smooth": w["smooth"] * smooth, "loss_gvs": w["gvs"] * gvs, "loss_gss": w["gss"] * gss}
 
-    def _second_step(self) -> dict[str, float]:
-        """The step after the pair step; returns its loss terms (keys starting
-        with ``loss_``). Subclasses call :meth:`_optimise` here."""
+    def _second_step(self, batchdata: Any) -> dict[str, float]:
+        """The step after the pair step, on the iteration's batch; returns its
+        loss terms (keys starting with ``loss_``). Subclasses call
+        :meth:`_optimise` here."""
         return {}
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -288,7 +289,9 @@ class GeminiPairTrainer(Trainer):
         show what went wrong)."""
         self.optimizer.zero_grad(set_to_none=True)
         terms = compute()
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = sum(terms.values())
+        self.fire_event(IterationEvents.LOSS_COMPLETED)
         values = {name: float(t.detach()) for name, t in terms.items()}
         if not self._all_finite(loss):
             self.state.skipped_steps += 1
@@ -354,7 +357,8 @@ class GeminiSemiTrainer(GeminiPairTrainer):
         self.seg_loss = seg_loss
         self.image_key, self.label_key = image_key, label_key
 
-    def _second_step(self) -> dict[str, float]:
+    def _second_step(self, batchdata: Any) -> dict[str, float]:
+        # GEMINI-Semi's second step draws from its own (labelled) stream
         batch = next(self._labeled)
         image, label = _to_device(batch, (self.image_key, self.label_key), self.state.device, self.non_blocking)
 

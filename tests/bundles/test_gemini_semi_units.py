@@ -19,6 +19,7 @@ import torch
 from gemini_semi_support import LABEL_VALUES, REPO, bundle_command, run
 from ignite.engine import Engine, Events
 from monai.bundle import verify_metadata
+from monai.engines.utils import IterationEvents
 
 from gemini_dcl.checkpoint import CheckpointHandler, RNGState, latest_checkpoint, list_checkpoints, save_weights
 from gemini_dcl.datalist import DatalistError, PairDataset, label_mapping, load_datalist, validate_datalist
@@ -94,7 +95,13 @@ def test_non_finite_steps_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_loss_terms_and_supervised_only() -> None:
     trainer, _ = _trainer([_pair()], [_labeled()], loss_weights={"gss": 0.0})
+    fired: list[str] = []
+    for event in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED, IterationEvents.MODEL_COMPLETED):
+        trainer.add_event_handler(event, lambda e, name=event.name: fired.append(name))
     trainer.run()
+    # MONAI's iteration events, per optimiser step (pair, labelled) and per iteration
+    step = ["FORWARD_COMPLETED", "LOSS_COMPLETED"]
+    assert fired == step * 2 + ["MODEL_COMPLETED"]
     out = trainer.state.output
     assert set(out) >= {"loss", "loss_smooth", "loss_gvs", "loss_gss", "loss_seg", "skipped_steps"}
     assert out["loss_gss"] == 0.0 and out["loss"] == pytest.approx(
@@ -334,5 +341,5 @@ def test_metadata_schema(bundle: str, tmp_path: Path) -> None:
         broken = dict(meta)
         del broken[key]
         (tmp_path / "m.json").write_text(json.dumps(broken))
-        with pytest.raises(ValueError, match="metadata failed to validate"):
+        with pytest.raises(ValueError, match="`schema` field" if key == "schema" else "Failed validating"):
             verify_metadata(meta_file=str(tmp_path / "m.json"), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256")
