@@ -11,7 +11,14 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "read_weights", "load_pretrained_backbone", "head_only_parameters"]
+__all__ = [
+    "LoadReport",
+    "read_checkpoint",
+    "extract_state_dict",
+    "read_weights",
+    "load_pretrained_backbone",
+    "head_only_parameters",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -107,3 +107,22 @@ class GEMINI(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: ``head(features(x))``, (B, in_channels, *S) -> (B, out_channels, *S)."""
         return self.head(self.features(x))
+
+    def pair_forward(self, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The training forward of GEMINI's pair step: features ``feat_a``,
+        ``feat_b`` and the displacements ``ddf_ab`` (A -> B) and ``ddf_ba``,
+        all float32. The displacements are ``None`` when the features are not
+        finite (the fused ops refuse non-finite fields; the step is skipped
+        anyway). The flows run with autocast off: the fused ops take float32 on
+        the CPU and the integration is where half precision loses accuracy."""
+        # A and B go through the backbone (and the deformer) as one batch: every
+        # layer is per sample (GroupNorm included), so the result is the same,
+        # and on the CPU a batch of 2 takes oneDNN's convolution instead of
+        # PyTorch's much slower fallback for batch-1 3D convolutions.
+        feat_a, feat_b = self.features(torch.cat([image_a, image_b])).float().chunk(2)
+        out: dict[str, torch.Tensor | None] = {"feat_a": feat_a, "feat_b": feat_b, "ddf_ab": None, "ddf_ba": None}
+        if bool(torch.isfinite(feat_a).all()) and bool(torch.isfinite(feat_b).all()):
+            with torch.autocast(feat_a.device.type, enabled=False):
+                ddf = self.flow(torch.cat([feat_a, feat_b]), torch.cat([feat_b, feat_a]))
+            out["ddf_ab"], out["ddf_ba"] = ddf.chunk(2)
+        return out

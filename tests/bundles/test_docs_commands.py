@@ -76,9 +76,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copytree(data2d.parent, dst / "data_2d")
     dist = root / "bundles" / "dist"
     dist.mkdir()
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(dist))
-    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(dist)))
     server.RequestHandlerClass.log_message = lambda *args: None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     root.joinpath("url").write_text(f"http://127.0.0.1:{server.server_address[1]}")
@@ -101,7 +99,9 @@ def _run_all(commands: list[str], cwd: Path, bundle: str, url: str) -> None:
 @pytest.mark.parametrize("bundle", sorted(TINY))
 def test_bundle_readme_commands(bundle: str, workspace: Path) -> None:
     cwd = workspace / "bundles" / bundle
-    _run_all(doc_commands(REPO / "bundles" / bundle / "docs" / "README.md"), cwd, bundle, (workspace / "url").read_text())
+    _run_all(
+        doc_commands(REPO / "bundles" / bundle / "docs" / "README.md"), cwd, bundle, (workspace / "url").read_text()
+    )
     # the weights were read from where the docs say, and written only to run folders
     assert (cwd / "runs").is_dir()
     assert sorted(p.name for p in (cwd / "models").glob("*")) == (["model.pt"] if bundle == "gemini_mip" else [])

@@ -55,7 +55,9 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Pat
 
 
 def test_mip_pretraining_3d(pretrained: Path) -> None:
-    train = finite_history(pretrained / "runs" / "pretrain" / "logs" / "history.jsonl", ("loss_gss", "loss_gvs", "loss_restore"))
+    train = finite_history(
+        pretrained / "runs" / "pretrain" / "logs" / "history.jsonl", ("loss_gss", "loss_gvs", "loss_restore")
+    )
     assert [r["iteration"] for r in train] == [1, 2]
     assert all(r["loss_restore"] > 0 for r in train)
     state = read_checkpoint(pretrained / "runs" / "pretrain" / "checkpoint_iter00000002.pt")

@@ -23,7 +23,7 @@ from monai.engines.utils import IterationEvents
 
 from gemini_dcl.checkpoint import CheckpointHandler, RNGState, latest_checkpoint, list_checkpoints, save_weights
 from gemini_dcl.datalist import DatalistError, PairDataset, label_mapping, load_datalist, validate_datalist
-from gemini_dcl.engines import GeminiSemiTrainer
+from gemini_dcl.engines import PairStep, SegStep, StepTrainer
 from gemini_dcl.losses import SegLoss
 from gemini_dcl.networks import GEMINI
 from gemini_dcl.pretrained import read_checkpoint
@@ -54,12 +54,15 @@ def _labeled(nan: bool = False) -> dict:
     return {"image": image, "label": torch.randint(0, 4, (1, 1, S, S, S), generator=g).float()}
 
 
-def _trainer(pairs: list, labeled: list, **kwargs) -> tuple[GeminiSemiTrainer, GEMINI]:
+def _trainer(pairs: list | None, labeled: list, unlabeled_phase: bool = True, **kwargs) -> tuple[StepTrainer, GEMINI]:
+    """GEMINI-Semi as the bundle composes it: the pair step (unless
+    ``unlabeled_phase`` is off), then the labelled step, one optimiser."""
     net = _net()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    trainer = GeminiSemiTrainer(
-        "cpu", 1, pairs, labeled, net, opt, SegLoss(), epoch_length=len(pairs) if pairs else 2, **kwargs
-    )
+    seg = SegStep(labeled, SegLoss())
+    steps = [PairStep(), seg] if unlabeled_phase else [seg]
+    epoch_length = len(pairs) if pairs else 2
+    trainer = StepTrainer("cpu", 1, pairs, net, opt, steps, epoch_length=epoch_length, **kwargs)
     return trainer, net
 
 
@@ -342,4 +345,6 @@ def test_metadata_schema(bundle: str, tmp_path: Path) -> None:
         del broken[key]
         (tmp_path / "m.json").write_text(json.dumps(broken))
         with pytest.raises(ValueError, match="`schema` field" if key == "schema" else "Failed validating"):
-            verify_metadata(meta_file=str(tmp_path / "m.json"), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256")
+            verify_metadata(
+                meta_file=str(tmp_path / "m.json"), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256"
+            )
