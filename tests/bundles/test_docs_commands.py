@@ -10,6 +10,7 @@ take minutes) and are not run here."""
 from __future__ import annotations
 
 import functools
+import math
 import re
 import shutil
 import subprocess
@@ -19,8 +20,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 from gemini_semi_support import REPO, env
 
+from gemini_dcl.engines import read_history
 from gemini_dcl.sample_data import make_sample_dataset
 
 pytestmark = pytest.mark.slow
@@ -105,6 +108,16 @@ def test_bundle_readme_commands(bundle: str, workspace: Path) -> None:
     # the weights were read from where the docs say, and written only to run folders
     assert (cwd / "runs").is_dir()
     assert sorted(p.name for p in (cwd / "models").glob("*")) == (["model.pt"] if bundle == "gemini_mip" else [])
+    if bundle == "gemini_mip":
+        # GVSL (MI similarity) and 2D MIP trained finite steps and wrote their networks' weights
+        for run_dir, keys in (("gvsl", ("loss_sim", "loss_restore")), ("pretrain_2d", ("loss_gvs", "loss_restore"))):
+            train = read_history(cwd / "runs" / run_dir / "logs" / "history.jsonl")["train"]
+            assert [r["iteration"] for r in train] == [1, 2]
+            assert all(math.isfinite(r[k]) and r["skipped_steps"] == 0 for r in train for k in keys)
+        gvsl = torch.load(cwd / "runs" / "gvsl" / "model.pt", weights_only=True)
+        assert "fc_rot.weight" in gvsl and "unet.inc.double_conv.0.weight" in gvsl
+        flow_head = torch.load(cwd / "runs" / "pretrain_2d" / "model.pt", weights_only=True)["deformer.1.weight"]
+        assert flow_head.shape[:2] == (2, 8)  # a 2D flow head
 
 
 def test_project_readme_bundle_commands(workspace: Path) -> None:
