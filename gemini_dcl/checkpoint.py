@@ -215,6 +215,12 @@ class CheckpointHandler:
         if self.resume:
             path = latest_checkpoint(self.ckpt_dir, self.prefix)
             if path is not None:
+                saved = read_checkpoint(path)["trainer"].get("epoch_length")
+                if None not in (saved, engine.state.epoch_length) and saved != engine.state.epoch_length:
+                    raise ValueError(
+                        f"checkpoint {path} was written with epoch_length={saved}, this run has "
+                        f"{engine.state.epoch_length}; resuming would misplace the epoch boundaries"
+                    )
                 logger.info(f"resuming from {path}")
                 to_load = {**to_save, "checkpointer": self.checkpoint}
                 CheckpointLoader(load_path=str(path), load_dict=to_load, map_location="cpu").attach(engine)

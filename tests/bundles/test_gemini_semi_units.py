@@ -202,6 +202,11 @@ def test_checkpoint_save_killed_and_damaged_file(tmp_path: Path, monkeypatch: py
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_iter00000004.pt"
     _, engine = _resumable_run(tmp_path, max_epochs=2)
     assert engine.state.iteration == 8
+    # resuming with another epoch length would misplace the epoch boundaries
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch_length = 5
+    with pytest.raises(ValueError, match="epoch_length=4, this run has 5"):
+        CheckpointHandler(tmp_path, {"rng": RNGState()}).attach(engine)
 
 
 def test_rng_state_restores_transform_draws(tiny_data: Path) -> None:
