@@ -2,7 +2,9 @@
 label-value mapping.
 
 A datalist is a JSON object with four lists (paths relative to the JSON's
-folder, or absolute)::
+folder, or absolute), each readable by MONAI's
+``load_decathlon_datalist(path, data_list_key=section)``; other top-level keys
+are ignored::
 
     {"labeled":    [{"image": "img/s0.nii.gz", "label": "lab/s0.nii.gz"}, ...],
      "unlabeled":  [{"image": "img/s5.nii.gz"}, ...],
@@ -86,8 +88,7 @@ def load_datalist(datalist: str | os.PathLike | Mapping[str, Any], base_dir: str
             entries = []
         out[section] = []
         for i, entry in enumerate(entries):
-            if isinstance(entry, str):  # an unlabelled image given as a bare path
-                entry = {"image": entry}
+            # objects only, as monai.data.load_decathlon_datalist reads them
             if not isinstance(entry, dict) or "image" not in entry:
                 problems.append(f"{section}[{i}]: must be an object with an 'image' path, got {entry!r}")
                 continue

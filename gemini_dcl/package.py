@@ -32,16 +32,16 @@ import json
 import os
 import sys
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from gemini_dcl.checkpoint import load_checkpoint
+from gemini_dcl.pretrained import read_weights
 
-__all__ = ["sha256_file", "weights_state_dict", "large_file_entry", "package_bundle"]
+__all__ = ["sha256_file", "large_file_entry", "package_bundle"]
 
 # Entries copied from the bundle folder; anything else (data, eval, checkpoints) stays out.
 BUNDLE_ENTRIES = ("configs", "docs", "LICENSE")
@@ -56,20 +56,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def weights_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The network weights of ``path``: a plain state dict as is, or the
-    ``model`` entry of a training checkpoint."""
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # a training checkpoint carries numpy RNG states: not weights-only loadable
-        obj = load_checkpoint(path)
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
-        obj = obj["model"]
-    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: neither a state dict nor a checkpoint with a 'model' state dict")
-    return dict(obj)
 
 
 def large_file_entry(url: str, hash_val: str, path: str = WEIGHTS_PATH) -> dict[str, str]:
@@ -118,7 +104,7 @@ def package_bundle(
     stem = f"{name}_v{version}"
 
     buffer = io.BytesIO()
-    torch.save(weights_state_dict(weights), buffer)
+    torch.save(read_weights(weights), buffer)
     weights_out = out_dir / f"{stem}_model.pt"
     weights_out.write_bytes(buffer.getvalue())
     weights_hash = sha256_file(weights_out)

@@ -11,7 +11,14 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "read_checkpoint", "extract_state_dict", "load_pretrained_backbone"]
+__all__ = [
+    "LoadReport",
+    "read_checkpoint",
+    "extract_state_dict",
+    "read_weights",
+    "load_pretrained_backbone",
+    "head_only_parameters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,13 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
             raise ValueError(f"{source}: key {key!r} clashes with another key after normalising to {name!r}")
         state[name] = value
     return state
+
+
+def read_weights(path: PathLike) -> dict[str, torch.Tensor]:
+    """The network weights stored in ``path`` (a plain state dict, a training
+    checkpoint's ``model`` entry, a MONAI/DDP/authors' checkpoint), with
+    normalised names: the project's one reader of weight files."""
+    return extract_state_dict(read_checkpoint(path), os.fspath(path))
 
 
 def _normalise_key(key: str) -> str:
@@ -168,3 +182,14 @@ def load_pretrained_backbone(
         len(report.skipped),
     )
     return report
+
+
+def head_only_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """Linear probe: freeze every parameter of a GEMINI network except its
+    head's (``res_conv``) and return the head's parameters (for the optimiser)."""
+    head = getattr(network, "res_conv", None)
+    if not isinstance(head, nn.Module):
+        raise TypeError(f"network must be a GEMINI network with a res_conv head, got {type(network).__name__}")
+    network.requires_grad_(False)
+    head.requires_grad_(True)
+    return list(head.parameters())

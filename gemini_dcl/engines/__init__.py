@@ -2,14 +2,15 @@
 the bundle workflows (test evaluation, pair registration)."""
 
 from .handlers import HistoryLogger, read_history
-from .trainer import DEFAULT_LOSS_WEIGHTS, GeminiPairTrainer, GeminiSemiTrainer, PairForward, cycle
+from .trainer import NetworkForward, PairStep, SegStep, Step, StepTrainer, cycle
 from .workflows import PairRegistration, SegRegEvaluation
 
 __all__ = [
-    "DEFAULT_LOSS_WEIGHTS",
-    "GeminiPairTrainer",
-    "GeminiSemiTrainer",
-    "PairForward",
+    "Step",
+    "StepTrainer",
+    "NetworkForward",
+    "PairStep",
+    "SegStep",
     "cycle",
     "HistoryLogger",
     "read_history",

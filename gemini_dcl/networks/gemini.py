@@ -29,6 +29,8 @@ class GEMINI(nn.Module):
         deformer_channels: the 5 deformer widths (``Conv1..Conv5``).
         integration_steps: scaling-and-squaring steps of :meth:`flow`; 0 uses the
             deformer output as a plain displacement (the authors' way, which can fold).
+        flow_init: initialisation of the last deformer conv (``deformer.1``):
+            ``"kaiming"`` (the authors') or ``"small_normal"`` (weights N(0, 1e-5), bias 0).
 
     Submodules (``state_dict`` prefixes): ``unet`` (backbone), ``deformer``
     (``deformer.0`` the shallow U-Net on concat(feat_a, feat_b), ``deformer.1``
@@ -50,6 +52,7 @@ class GEMINI(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512, 256, 128, 64, 32),
         deformer_channels: Sequence[int] = (32, 64, 64, 64, 32),
         integration_steps: int = 7,
+        flow_init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -65,6 +68,16 @@ class GEMINI(nn.Module):
         )
         self.res_conv = head(spatial_dims, self.feature_channels, out_channels)
         kaiming_init(self)
+        self._init_flow_conv(flow_init)
+
+    def _init_flow_conv(self, flow_init: str) -> None:
+        # "small_normal" starts the deformation near the identity (VoxelMorph's
+        # choice); "kaiming" is the authors' initialisation.
+        if flow_init == "small_normal":
+            nn.init.normal_(self.deformer[1].weight, 0.0, 1e-5)
+            nn.init.zeros_(self.deformer[1].bias)
+        elif flow_init != "kaiming":
+            raise ValueError(f"flow_init must be 'kaiming' or 'small_normal', got {flow_init!r}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel features: (B, in_channels, *S) -> (B, channels[-1], *S)."""
@@ -94,3 +107,22 @@ class GEMINI(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference: ``head(features(x))``, (B, in_channels, *S) -> (B, out_channels, *S)."""
         return self.head(self.features(x))
+
+    def pair_forward(self, image_a: torch.Tensor, image_b: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """The training forward of GEMINI's pair step: features ``feat_a``,
+        ``feat_b`` and the displacements ``ddf_ab`` (A -> B) and ``ddf_ba``,
+        all float32. The displacements are ``None`` when the features are not
+        finite (the fused ops refuse non-finite fields; the step is skipped
+        anyway). The flows run with autocast off: the fused ops take float32 on
+        the CPU and the integration is where half precision loses accuracy."""
+        # A and B go through the backbone (and the deformer) as one batch: every
+        # layer is per sample (GroupNorm included), so the result is the same,
+        # and on the CPU a batch of 2 takes oneDNN's convolution instead of
+        # PyTorch's much slower fallback for batch-1 3D convolutions.
+        feat_a, feat_b = self.features(torch.cat([image_a, image_b])).float().chunk(2)
+        out: dict[str, torch.Tensor | None] = {"feat_a": feat_a, "feat_b": feat_b, "ddf_ab": None, "ddf_ba": None}
+        if bool(torch.isfinite(feat_a).all()) and bool(torch.isfinite(feat_b).all()):
+            with torch.autocast(feat_a.device.type, enabled=False):
+                ddf = self.flow(torch.cat([feat_a, feat_b]), torch.cat([feat_b, feat_a]))
+            out["ddf_ab"], out["ddf_ba"] = ddf.chunk(2)
+        return out

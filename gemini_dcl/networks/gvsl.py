@@ -200,21 +200,33 @@ class GVSL(nn.Module):
             ``ddf`` (B, 3, *S): the total, ``ddf(x) = affine_ddf(x + flow(x)) + flow(x)``;
             ``warped`` (B, in_channels, *S): ``warp(moving, ddf)``, one interpolation.
         """
+        return self._register(moving, fixed, guard=False)
+
+    def training_forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        """:meth:`forward` for GVSL's training step: the same outputs, but
+        ``None`` for the geometric ones when the encodings are not finite (the
+        fused ops refuse non-finite fields; the step is skipped anyway)."""
+        return self._register(moving, fixed, guard=True)
+
+    def _register(self, moving: torch.Tensor, fixed: torch.Tensor, guard: bool) -> dict[str, torch.Tensor | None]:
         if moving.shape != fixed.shape:
             raise ValueError(f"moving {list(moving.shape)} and fixed {list(fixed.shape)} must have the same shape")
         shape = list(moving.shape[2:])
+        # the encoders run under the caller's autocast; the geometric tail in
+        # float32 (the fused warp takes only float32 on the CPU, and the affine
+        # and the integration lose accuracy in half precision)
         bottleneck_moving, feat_moving = self.encode(moving)
         bottleneck_fixed, feat_fixed = self.encode(fixed)
-        theta = self.affine(bottleneck_moving, bottleneck_fixed, shape)
-        affine_ddf = affine_to_ddf(theta, shape)
-        flow = self.deformable(gemini_ops.warp(feat_moving, affine_ddf), feat_fixed)
-        # The affine part is linear, so affine_ddf(x + flow) = affine_ddf(x) + (A - I) flow exactly.
-        ddf = affine_ddf + torch.einsum("bij,bj...->bi...", theta[:, :, :3], flow)
-        return {
-            "restored": self.res_conv(feat_fixed),
-            "theta": theta,
-            "affine_ddf": affine_ddf,
-            "flow": flow,
-            "ddf": ddf,
-            "warped": gemini_ops.warp(moving, ddf),
-        }
+        out: dict[str, torch.Tensor | None] = dict.fromkeys(("theta", "affine_ddf", "flow", "ddf", "warped"))
+        out = {"restored": self.res_conv(feat_fixed).float()} | out
+        encodings = (bottleneck_moving, feat_moving, bottleneck_fixed, feat_fixed)
+        if guard and not all(bool(torch.isfinite(t).all()) for t in encodings):
+            return out
+        with torch.autocast(moving.device.type, enabled=False):
+            theta = self.affine(bottleneck_moving.float(), bottleneck_fixed.float(), shape)
+            affine_ddf = affine_to_ddf(theta, shape)
+            flow = self.deformable(gemini_ops.warp(feat_moving.float(), affine_ddf), feat_fixed.float())
+            # The affine part is linear, so affine_ddf(x + flow) = affine_ddf(x) + (A - I) flow exactly.
+            ddf = affine_ddf + torch.einsum("bij,bj...->bi...", theta[:, :, :3], flow)
+            warped = gemini_ops.warp(moving.float(), ddf)
+        return out | {"theta": theta, "affine_ddf": affine_ddf, "flow": flow, "ddf": ddf, "warped": warped}

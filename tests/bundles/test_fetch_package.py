@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import shutil
 import sys
 import threading
@@ -25,6 +26,8 @@ from gemini_dcl.networks import GEMINI
 
 BUNDLE = REPO / "bundles" / "gemini_mip"
 NAME = "gemini_mip"
+TRACKED = ("configs", "docs", "LICENSE", "large_files.yml")  # the bundle as committed, less its weights
+VERSION = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
 
 
 def tiny_network() -> GEMINI:
@@ -54,7 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The bundle packaged with tiny weights, and an HTTP server on an ephemeral port serving it."""
     work = tmp_path_factory.mktemp("package")
     bundle = work / NAME
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("models", "eval", "data_*"))
+    shutil.copytree(BUNDLE, bundle, ignore=lambda d, names: [n for n in names if d == str(BUNDLE) and n not in TRACKED])
     torch.manual_seed(0)
     weights = work / "trained.pt"
     torch.save(tiny_network().state_dict(), weights)
@@ -74,7 +77,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             url,
         ]
     )
-    zip_path = out / f"{NAME}_v0.1.0.zip"
+    zip_path = out / f"{NAME}_v{VERSION}.zip"
     digest = (out / f"{zip_path.name}.sha256").read_text().split()[0]
     assert digest == hashlib.sha256(zip_path.read_bytes()).hexdigest() and digest in proc.stdout
     tampered = bytearray(zip_path.read_bytes())
@@ -114,7 +117,7 @@ def test_package_layout(served: dict) -> None:
         assert f"{NAME}/{required}" in names
     entry = yaml.safe_load((served["out"] / "large_files.yml").read_text())["large_files"][0]
     assert entry["hash_type"] == "sha256" and entry["path"] == "models/model.pt"
-    assert entry["hash_val"] == hashlib.sha256((served["out"] / f"{NAME}_v0.1.0_model.pt").read_bytes()).hexdigest()
+    assert entry["hash_val"] == hashlib.sha256((served["out"] / f"{NAME}_v{VERSION}_model.pt").read_bytes()).hexdigest()
 
 
 def test_fetch_verify_load_infer(served: dict, tmp_path: Path) -> None:
@@ -155,7 +158,7 @@ def test_weights_mode_and_monai_path(served: dict, tmp_path: Path) -> None:
     shutil.copy(served["out"] / "large_files.yml", bundle / "large_files.yml")
     assert fetch.main(["--large_files", str(bundle), "--no-progress"]) == 0
     weights = bundle / "models" / "model.pt"
-    assert weights.read_bytes() == (served["out"] / f"{NAME}_v0.1.0_model.pt").read_bytes()
+    assert weights.read_bytes() == (served["out"] / f"{NAME}_v{VERSION}_model.pt").read_bytes()
 
     bad = tmp_path / "bad"
     bad.mkdir()

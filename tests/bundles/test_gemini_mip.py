@@ -1,5 +1,5 @@
-"""gemini_mip bundle through the MONAI CLI: GEMINI-MIP and GVSL pre-training
-(3D and 2D), fine-tune and linear probe from the checkpoint just produced,
+"""gemini_mip bundle through the MONAI CLI: GEMINI-MIP pre-training (GVSL
+and 2D: their README commands in test_docs_commands), fine-tune and linear probe from the checkpoint just produced,
 torchrun DDP with gloo, resume after SIGKILL, the authors' checkpoint layout,
 and reproducible corruptions."""
 
@@ -17,10 +17,11 @@ import torch
 from gemini_semi_support import REPO, TINY, env, run
 from monai.bundle import ConfigParser
 
-from gemini_dcl.checkpoint import list_checkpoints, load_checkpoint
+from gemini_dcl.checkpoint import list_checkpoints
 from gemini_dcl.engines import read_history
 from gemini_dcl.engines.mip import SIMILARITIES, similarity_loss
 from gemini_dcl.networks import GEMINI, GVSL
+from gemini_dcl.pretrained import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -54,22 +55,16 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Pat
 
 
 def test_mip_pretraining_3d(pretrained: Path) -> None:
-    train = finite_history(pretrained / "eval" / "pretrain" / "history.jsonl", ("loss_gss", "loss_gvs", "loss_restore"))
+    train = finite_history(
+        pretrained / "runs" / "pretrain" / "logs" / "history.jsonl", ("loss_gss", "loss_gvs", "loss_restore")
+    )
     assert [r["iteration"] for r in train] == [1, 2]
     assert all(r["loss_restore"] > 0 for r in train)
-    state = load_checkpoint(pretrained / "models" / "checkpoint_iter00000002.pt")
+    state = read_checkpoint(pretrained / "runs" / "pretrain" / "checkpoint_iter00000002.pt")
     # two optimiser steps per iteration for the backbone (parameter 0): the pair step and the restoration step
     assert int(state["optimizer"]["state"][0]["step"]) == 4
-    weights = torch.load(pretrained / "models" / "model.pt", weights_only=True)
+    weights = torch.load(pretrained / "runs" / "pretrain" / "model.pt", weights_only=True)
     assert weights["res_conv.3.weight"].shape[0] == 1
-
-
-def test_gvsl_pretraining_3d(tmp_path: Path, tiny_data: Path) -> None:
-    run(mip_command(["train", "train_gvsl"], tmp_path, tiny_data, *TWO_ITERATIONS, "--affine_channels", "8"))
-    train = finite_history(tmp_path / "eval" / "pretrain_gvsl" / "history.jsonl", ("loss_sim", "loss_restore"))
-    assert [r["iteration"] for r in train] == [1, 2]
-    weights = torch.load(tmp_path / "models" / "gvsl" / "model.pt", weights_only=True)
-    assert "fc_rot.weight" in weights and "unet.inc.double_conv.0.weight" in weights
 
 
 @pytest.mark.parametrize("name", SIMILARITIES)
@@ -81,37 +76,27 @@ def test_gvsl_similarities(name: str) -> None:
     assert torch.isfinite(same) and same < other
 
 
-def test_mip_pretraining_2d(tmp_path: Path) -> None:
-    from gemini_dcl.sample_data import make_sample_dataset
-
-    datalist = make_sample_dataset(tmp_path / "data", subjects=3, size=(32, 32), spatial_dims=2, validation=1, test=1)
-    cmd = mip_command(["train", "train_2d"], tmp_path, datalist, *TWO_ITERATIONS, "--batch_size", "2")
-    run(cmd + ["--roi_size", "[32,32]"])
-    history = tmp_path / "eval" / "pretrain_2d" / "history.jsonl"
-    assert [r["iteration"] for r in finite_history(history, ("loss_gvs", "loss_restore"))] == [1, 2]
-    weights = torch.load(tmp_path / "models" / "mip_2d" / "model.pt", weights_only=True)
-    assert weights["deformer.1.weight"].shape[:2] == (2, 8)  # a 2D flow head
-
-
 def test_finetune_from_pretrained(pretrained: Path, tiny_data: Path) -> None:
-    proc = run(mip_command(["finetune"], pretrained, tiny_data, *TWO_ITERATIONS))
+    weights = str(pretrained / "runs" / "pretrain" / "model.pt")
+    proc = run(mip_command(["finetune"], pretrained, tiny_data, *TWO_ITERATIONS, "--pretrained", weights))
     assert "loaded 72 backbone tensors, 0 missing" in proc.stdout + proc.stderr
-    history = read_history(pretrained / "eval" / "finetune" / "history.jsonl")
+    history = read_history(pretrained / "runs" / "finetune" / "logs" / "history.jsonl")
     assert len(history["train"]) == 2 and 0 <= history["val"][0]["val_mean_dice"] <= 1
-    weights = torch.load(pretrained / "models" / "finetune" / "model.pt", weights_only=True)
+    weights = torch.load(pretrained / "runs" / "finetune" / "model.pt", weights_only=True)
     assert weights["res_conv.3.weight"].shape[0] == 4
     run(mip_command(["finetune", "evaluate"], pretrained, tiny_data))
-    assert (pretrained / "models" / "finetune" / "eval" / "summary.json").is_file()
+    assert (pretrained / "runs" / "finetune" / "eval" / "summary.json").is_file()
 
 
 def test_linear_probe_keeps_backbone(pretrained: Path, tiny_data: Path) -> None:
-    run(mip_command(["finetune", "linear_probe"], pretrained, tiny_data, *TWO_ITERATIONS))
-    before = torch.load(pretrained / "models" / "model.pt", weights_only=True)
-    after = torch.load(pretrained / "models" / "probe" / "model.pt", weights_only=True)
+    weights = str(pretrained / "runs" / "pretrain" / "model.pt")
+    run(mip_command(["finetune", "linear_probe"], pretrained, tiny_data, *TWO_ITERATIONS, "--pretrained", weights))
+    before = torch.load(pretrained / "runs" / "pretrain" / "model.pt", weights_only=True)
+    after = torch.load(pretrained / "runs" / "probe" / "model.pt", weights_only=True)
     backbone = [k for k in before if k.startswith("unet.")]
     assert len(backbone) == 72
     assert all(torch.equal(before[k], after[k]) for k in backbone), "the probe changed backbone weights"
-    ckpt = load_checkpoint(list_checkpoints(pretrained / "models" / "probe")[-1][1])
+    ckpt = read_checkpoint(list_checkpoints(pretrained / "runs" / "probe")[-1][1])
     assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == len([k for k in after if k.startswith("res_conv.")])
 
 
@@ -136,8 +121,8 @@ def test_torchrun_ddp_gloo(tmp_path: Path, tiny_data: Path) -> None:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
     proc = subprocess.run(torchrun + cmd[1:], cwd=REPO, env=env(threads=1), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert [i for i, _ in list_checkpoints(tmp_path / "models")] == [2]
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert [i for i, _ in list_checkpoints(tmp_path / "runs" / "pretrain")] == [2]
+    assert (tmp_path / "runs" / "pretrain" / "model.pt").is_file()
 
 
 def test_resume_after_sigkill(tmp_path: Path, tiny_data: Path) -> None:
@@ -147,7 +132,7 @@ def test_resume_after_sigkill(tmp_path: Path, tiny_data: Path) -> None:
     total = 8
     cmd = mip_command(["train"], tmp_path, tiny_data, "--max_epochs", "1", "--epoch_length", str(total))
     cmd += ["--save_interval", "2"]
-    ckpt_dir = tmp_path / "models"
+    ckpt_dir = tmp_path / "runs" / "pretrain"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -159,11 +144,11 @@ def test_resume_after_sigkill(tmp_path: Path, tiny_data: Path) -> None:
     saved = [i for i, _ in list_checkpoints(ckpt_dir)]
     assert saved and saved[-1] < total, f"the run was not interrupted mid-way: {saved}"
     resumed = run(cmd)
-    assert f"at iteration {saved[-1]}" in resumed.stdout + resumed.stderr
-    final = load_checkpoint(list_checkpoints(ckpt_dir)[-1][1])
-    assert final["engine"]["iteration"] == total
+    assert f"resuming from {ckpt_dir / f'checkpoint_iter{saved[-1]:08d}.pt'}" in resumed.stdout + resumed.stderr
+    final = read_checkpoint(list_checkpoints(ckpt_dir)[-1][1])
+    assert final["trainer"]["iteration"] == total
     assert int(final["optimizer"]["state"][0]["step"]) == 2 * total
-    train = read_history(tmp_path / "eval" / "pretrain" / "history.jsonl")["train"]
+    train = read_history(tmp_path / "runs" / "pretrain" / "logs" / "history.jsonl")["train"]
     assert [r["iteration"] for r in train] == list(range(1, total + 1))
 
 
@@ -202,4 +187,4 @@ def test_authors_checkpoints_convert_and_finetune(tmp_path: Path, tiny_data: Pat
 
     proc = run(mip_command(["finetune"], tmp_path, tiny_data, *TWO_ITERATIONS, "--pretrained", str(converted)))
     assert "loaded 72 backbone tensors, 0 missing" in proc.stdout + proc.stderr
-    assert (tmp_path / "models" / "finetune" / "model.pt").is_file()
+    assert (tmp_path / "runs" / "finetune" / "model.pt").is_file()

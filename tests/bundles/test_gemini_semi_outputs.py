@@ -1,6 +1,6 @@
 """What the trained gemini_semi bundle produces through the MONAI CLI:
-evaluation metrics, inference NIfTI (affine and shape kept), registration
-NIfTI, ``verify_net_in_out`` and a TorchScript export equal to the network."""
+evaluation metrics, inference NIfTI (affine and shape kept) and registration
+NIfTI (``verify_net_in_out`` and the TorchScript export: test_bundle_conventions)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from gemini_semi_support import CONFIGS, LABEL_VALUES, bundle_command, run
+from gemini_semi_support import LABEL_VALUES, bundle_command, run
 from monai.inferers import SlidingWindowInferer
 
 import gemini_ops
@@ -28,7 +28,7 @@ def _tiny_network() -> GEMINI:
 
 def test_evaluate(trained_bundle: Path, tiny_data: Path) -> None:
     run(bundle_command("run", ["train", "evaluate"], trained_bundle, datalist=tiny_data))
-    out = trained_bundle / "eval"
+    out = trained_bundle / "runs" / "train" / "eval"
     summary = json.loads((out / "summary.json").read_text())
     seg_rows = list(csv.DictReader(open(out / "segmentation.csv")))
     reg_rows = list(csv.DictReader(open(out / "registration.csv")))
@@ -63,8 +63,10 @@ def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path,
     run(
         bundle_command(
             "run",
-            ["train", "inference"],
+            ["inference"],
             trained_bundle,
+            "--model_path",
+            str(trained_bundle / "runs" / "train" / "model.pt"),
             "--input_files",
             repr([str(path)]),
             "--output_dir",
@@ -80,7 +82,7 @@ def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path,
 
     # the same as segmenting the RAS-reoriented volume and flipping back
     net = _tiny_network().eval()
-    net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))
+    net.load_state_dict(torch.load(trained_bundle / "runs" / "train" / "model.pt", weights_only=True))
     x = torch.as_tensor(data[::-1].copy(), dtype=torch.float32)
     x = (x - x.min()) / (x.max() - x.min())
     with torch.no_grad():
@@ -90,7 +92,8 @@ def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path,
 
 
 def test_register_outputs(trained_bundle: Path, tiny_data: Path) -> None:
-    run(bundle_command("run", ["train", "register"], trained_bundle, datalist=tiny_data))
+    weights = str(trained_bundle / "runs" / "train" / "model.pt")
+    run(bundle_command("run", ["register"], trained_bundle, "--model_path", weights, datalist=tiny_data))
     out = trained_bundle / "registration"
     report = json.loads((out / "registration.json").read_text())
     test = load_datalist(tiny_data)["test"]
@@ -115,40 +118,3 @@ def test_register_outputs(trained_bundle: Path, tiny_data: Path) -> None:
     expected_label = gemini_ops.warp(moving_label[None, None], ddf, "nearest")[0, 0].numpy()
     np.testing.assert_array_equal(np.asarray(imgs["warped_label"].dataobj), expected_label.astype(np.int32))
     assert 0 <= report["dice_before"] <= 1 and 0 <= report["dice_after"] <= 1
-
-
-def test_verify_net_in_out(trained_bundle: Path, tiny_data: Path) -> None:
-    proc = run(bundle_command("verify_net_in_out", ["train"], trained_bundle, "--net_id", "network_def"))
-    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
-
-
-def test_ckpt_export_torchscript(trained_bundle: Path, tmp_path: Path) -> None:
-    ts = tmp_path / "model.ts"
-    run(
-        bundle_command(
-            "ckpt_export",
-            ["train"],
-            trained_bundle,
-            "--net_id",
-            "network_def",
-            "--filepath",
-            str(ts),
-            "--ckpt_file",
-            str(trained_bundle / "models" / "model.pt"),
-            "--use_trace",
-            "True",
-            "--input_shape",
-            "[1,1,16,16,16]",
-        )
-    )
-    net = _tiny_network().eval()
-    net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True))
-    scripted = torch.jit.load(str(ts))
-    x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
-    # the export carries the bundle's metadata
-    extra = {"metadata.json": ""}
-    torch.jit.load(str(ts), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["network_data_format"]["outputs"]["pred"]["num_channels"] == 4
-    assert CONFIGS.joinpath("metadata.json").is_file()

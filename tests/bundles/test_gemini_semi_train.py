@@ -15,14 +15,15 @@ import pytest
 import torch
 from gemini_semi_support import REPO, bundle_command, env, run
 
-from gemini_dcl.checkpoint import list_checkpoints, load_checkpoint
+from gemini_dcl.checkpoint import list_checkpoints
 from gemini_dcl.engines import read_history
+from gemini_dcl.pretrained import read_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
 def test_train_two_iterations(trained_bundle: Path) -> None:
-    history = read_history(trained_bundle / "logs" / "history.jsonl")
+    history = read_history(trained_bundle / "runs" / "train" / "logs" / "history.jsonl")
     train = history["train"]
     assert [r["iteration"] for r in train] == [1, 2]
     for record in train:
@@ -33,10 +34,10 @@ def test_train_two_iterations(trained_bundle: Path) -> None:
         assert record["loss"] == pytest.approx(total, rel=1e-5)
         assert record["skipped_steps"] == 0
     assert len(history["val"]) == 1 and 0 <= history["val"][0]["val_mean_dice"] <= 1
-    assert [i for i, _ in list_checkpoints(trained_bundle / "models")] == [1, 2]
-    state = load_checkpoint(trained_bundle / "models" / "checkpoint_iter00000002.pt")
-    assert state["engine"]["iteration"] == 2 and state["optimizer"]["state"]
-    weights = torch.load(trained_bundle / "models" / "model.pt", weights_only=True)
+    assert [i for i, _ in list_checkpoints(trained_bundle / "runs" / "train")] == [1, 2]
+    state = read_checkpoint(trained_bundle / "runs" / "train" / "checkpoint_iter00000002.pt")
+    assert state["trainer"]["iteration"] == 2 and state["optimizer"]["state"]
+    weights = torch.load(trained_bundle / "runs" / "train" / "model.pt", weights_only=True)
     assert torch.equal(weights["res_conv.3.weight"], state["model"]["res_conv.3.weight"])
     assert list(weights) == list(state["model"]) and not any(k.startswith(("module.", "network.")) for k in weights)
 
@@ -49,9 +50,9 @@ def test_torchrun_ddp_gloo(tmp_path: Path, tiny_data: Path) -> None:
     proc = subprocess.run(torchrun + cmd[1:], cwd=REPO, env=env(threads=1), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     # rank 0 alone writes: one checkpoint (the interval save and the final one coincide) and the weights
-    assert [i for i, _ in list_checkpoints(tmp_path / "models")] == [2]
-    assert (tmp_path / "models" / "model.pt").is_file()
-    train = read_history(tmp_path / "logs" / "history.jsonl")["train"]
+    assert [i for i, _ in list_checkpoints(tmp_path / "runs" / "train")] == [2]
+    assert (tmp_path / "runs" / "train" / "model.pt").is_file()
+    train = read_history(tmp_path / "runs" / "train" / "logs" / "history.jsonl")["train"]
     assert [r["iteration"] for r in train] == [1, 2]
 
 
@@ -73,7 +74,7 @@ def test_resume_after_sigkill(tmp_path: Path, tiny_data: Path) -> None:
         "100",
         datalist=tiny_data,
     )
-    ckpt_dir = tmp_path / "models"
+    ckpt_dir = tmp_path / "runs" / "train"
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -85,17 +86,17 @@ def test_resume_after_sigkill(tmp_path: Path, tiny_data: Path) -> None:
         proc.wait(timeout=30)
     killed_at = list_checkpoints(ckpt_dir)[-1][0]
     assert killed_at < total and not (ckpt_dir / "model.pt").exists()
-    before = read_history(tmp_path / "logs" / "history.jsonl")["train"]
-    saved = load_checkpoint(list_checkpoints(ckpt_dir)[-1][1])
+    before = read_history(tmp_path / "runs" / "train" / "logs" / "history.jsonl")["train"]
+    saved = read_checkpoint(list_checkpoints(ckpt_dir)[-1][1])
 
     proc2 = run(cmd)
-    assert f"resumed from {ckpt_dir}" in proc2.stdout + proc2.stderr
-    records = [json.loads(line) for line in (tmp_path / "logs" / "history.jsonl").read_text().splitlines()]
+    assert f"resuming from {ckpt_dir}" in proc2.stdout + proc2.stderr
+    records = [json.loads(line) for line in (ckpt_dir / "logs" / "history.jsonl").read_text().splitlines()]
     iterations = [r["iteration"] for r in records if r["kind"] == "train"]
     resumed = iterations[len(before) :]
     assert resumed == list(range(killed_at + 1, total + 1)), (killed_at, iterations)
-    final = load_checkpoint(list_checkpoints(ckpt_dir)[-1][1])
-    assert final["engine"]["iteration"] == total
+    final = read_checkpoint(list_checkpoints(ckpt_dir)[-1][1])
+    assert final["trainer"]["iteration"] == total
     # the optimiser continued from the saved state: Adam's step count is the iteration's two steps each
     step = next(iter(final["optimizer"]["state"].values()))["step"]
     saved_step = next(iter(saved["optimizer"]["state"].values()))["step"]

@@ -16,17 +16,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from gemini_semi_support import CONFIGS, LABEL_VALUES, bundle_command, run
+from gemini_semi_support import LABEL_VALUES, REPO, bundle_command, run
 from ignite.engine import Engine, Events
+from monai.bundle import verify_metadata
+from monai.engines.utils import IterationEvents
 
-from gemini_dcl.checkpoint import CheckpointHandler, RNGState, atomic_save, list_checkpoints
+from gemini_dcl.checkpoint import CheckpointHandler, RNGState, latest_checkpoint, list_checkpoints, save_weights
 from gemini_dcl.datalist import DatalistError, PairDataset, label_mapping, load_datalist, validate_datalist
-from gemini_dcl.engines import GeminiSemiTrainer
+from gemini_dcl.engines import PairStep, SegStep, StepTrainer
 from gemini_dcl.losses import SegLoss
 from gemini_dcl.networks import GEMINI
-from gemini_dcl.schemas import META_SCHEMA, load_schema, validate_metadata
+from gemini_dcl.pretrained import read_checkpoint
 
 S = 16
+SCHEMA = Path(__file__).resolve().parent / "data" / "meta_schema_20240725.json"
+SCHEMA_SHA256 = "d95c74c2915faef04ff6a2d6bd865da922bc8cd5afb4a0719b2dc6e1220528e7"
 
 
 def _net() -> GEMINI:
@@ -50,12 +54,15 @@ def _labeled(nan: bool = False) -> dict:
     return {"image": image, "label": torch.randint(0, 4, (1, 1, S, S, S), generator=g).float()}
 
 
-def _trainer(pairs: list, labeled: list, **kwargs) -> tuple[GeminiSemiTrainer, GEMINI]:
+def _trainer(pairs: list | None, labeled: list, unlabeled_phase: bool = True, **kwargs) -> tuple[StepTrainer, GEMINI]:
+    """GEMINI-Semi as the bundle composes it: the pair step (unless
+    ``unlabeled_phase`` is off), then the labelled step, one optimiser."""
     net = _net()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    trainer = GeminiSemiTrainer(
-        "cpu", 1, pairs, labeled, net, opt, SegLoss(), epoch_length=len(pairs) if pairs else 2, **kwargs
-    )
+    seg = SegStep(labeled, SegLoss())
+    steps = [PairStep(), seg] if unlabeled_phase else [seg]
+    epoch_length = len(pairs) if pairs else 2
+    trainer = StepTrainer("cpu", 1, pairs, net, opt, steps, epoch_length=epoch_length, **kwargs)
     return trainer, net
 
 
@@ -91,7 +98,13 @@ def test_non_finite_steps_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_loss_terms_and_supervised_only() -> None:
     trainer, _ = _trainer([_pair()], [_labeled()], loss_weights={"gss": 0.0})
+    fired: list[str] = []
+    for event in (IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED, IterationEvents.MODEL_COMPLETED):
+        trainer.add_event_handler(event, lambda e, name=event.name: fired.append(name))
     trainer.run()
+    # MONAI's iteration events, per optimiser step (pair, labelled) and per iteration
+    step = ["FORWARD_COMPLETED", "LOSS_COMPLETED"]
+    assert fired == step * 2 + ["MODEL_COMPLETED"]
     out = trainer.state.output
     assert set(out) >= {"loss", "loss_smooth", "loss_gvs", "loss_gss", "loss_seg", "skipped_steps"}
     assert out["loss_gss"] == 0.0 and out["loss"] == pytest.approx(
@@ -119,57 +132,81 @@ def test_amp_modes() -> None:
         _trainer([_pair()], [_labeled()], amp="fp16")
 
 
-def test_checkpoint_roundtrip_and_atomicity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _resumable_run(ckpt_dir: Path, max_epochs: int, crash_at: int | None = None) -> tuple[GEMINI, Engine]:
+    """A small training loop (random inputs, Adam, a step LR schedule) under
+    :class:`CheckpointHandler`; ``crash_at`` raises at that iteration like a kill."""
     net = _net()
     opt = torch.optim.Adam(net.parameters(), 1e-3)
-    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
-    net(torch.rand(1, 1, S, S, S)).sum().backward()
-    opt.step()
-    sched.step()
-    engine = Engine(lambda e, b: None)
-    engine.state.iteration, engine.state.epoch_length = 7, 4
-    handler = CheckpointHandler(tmp_path, {"model": net, "optimizer": opt, "lr_scheduler": sched, "rng": RNGState()})
+    sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5)
+
+    def step(engine: Engine, batch: int) -> float:
+        if engine.state.iteration == crash_at:
+            raise KeyboardInterrupt("killed")
+        opt.zero_grad()
+        loss = net(torch.rand(1, 1, S, S, S)).square().mean() + np.random.rand() + random.random()
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach())
+
+    engine = Engine(step)
+    save = {"model": net, "optimizer": opt, "lr_scheduler": sched, "rng": RNGState()}
+    CheckpointHandler(ckpt_dir, save, save_interval=2, n_saved=2, final_path=ckpt_dir / "model.pt").attach(engine)
     torch.manual_seed(5), np.random.seed(5), random.seed(5)
-    handler.save(engine)
-    draws = (torch.rand(3), np.random.rand(3), random.random())
+    try:
+        engine.run(range(4), max_epochs=max_epochs)
+    except KeyboardInterrupt:
+        pass
+    return net, engine
 
-    # a save killed mid-write leaves the previous checkpoint intact and no file under a checkpoint name
-    engine.state.iteration = 8
 
+def test_checkpoint_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """Killed after iteration 5 (newest checkpoint: 4), resumed: the weights
+    after 12 iterations equal those of an uninterrupted run (model, Adam,
+    schedule and every RNG restored, iteration count continued mid-epoch)."""
+    reference, _ = _resumable_run(tmp_path / "ref", max_epochs=3)
+    assert [i for i, _ in list_checkpoints(tmp_path / "ref")] == [10, 12]
+    _resumable_run(tmp_path / "run", max_epochs=3, crash_at=6)
+    assert [i for i, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    assert not (tmp_path / "run" / "model.pt").exists()
+    resumed, engine = _resumable_run(tmp_path / "run", max_epochs=3)
+    assert engine.state.iteration == 12
+    assert [i for i, _ in list_checkpoints(tmp_path / "run")] == [10, 12]  # older ones pruned across the restart
+    for (k, p), q in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), k
+    # the final weights: a plain state dict that loads strictly, weights-only
+    net = GEMINI(3, 1, 4, channels=[8] * 9, deformer_channels=[8] * 5)
+    net.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True), strict=True)
+    state = read_checkpoint(list_checkpoints(tmp_path / "run")[-1][1])  # weights-only
+    assert state["trainer"]["iteration"] == 12 and state["lr_scheduler"]["last_epoch"] == 12
+
+
+def test_checkpoint_save_killed_and_damaged_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _resumable_run(tmp_path, max_epochs=1)
+    assert [i for i, _ in list_checkpoints(tmp_path)] == [2, 4]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    # a save killed mid-write leaves the checkpoints intact and nothing under a checkpoint name
     def crash(obj, f, *args, **kwargs):
         f.write(b"partial")
         raise KeyboardInterrupt("killed during save")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
-        handler.save(engine)
+        save_weights({"w": torch.zeros(1)}, tmp_path / "checkpoint_iter00000006.pt")
     monkeypatch.undo()
-    assert [i for i, _ in list_checkpoints(tmp_path)] == [7] and not list(tmp_path.glob(".*tmp*"))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
-    # a damaged newest file (e.g. copied in half) is skipped with a warning, the older one loads
-    shutil.copyfile(tmp_path / "checkpoint_iter00000007.pt", tmp_path / "checkpoint_iter00000009.pt")
-    (tmp_path / "checkpoint_iter00000009.pt").write_bytes(b"\x00" * 10)
-
-    net2 = GEMINI(3, 1, 4, channels=[8] * 9, deformer_channels=[8] * 5)
-    opt2 = torch.optim.Adam(net2.parameters(), 1e-3)
-    sched2 = torch.optim.lr_scheduler.StepLR(opt2, 1, gamma=0.5)
-    fresh = Engine(lambda e, b: None)
-    fresh.state.epoch_length = 4
-    loaded = CheckpointHandler(tmp_path, {"model": net2, "optimizer": opt2, "lr_scheduler": sched2, "rng": RNGState()})
-    assert loaded.load_latest(fresh).name == "checkpoint_iter00000007.pt"
-    assert (fresh.state.iteration, fresh.state.epoch) == (7, 1)
-    for p, q in zip(net.state_dict().values(), net2.state_dict().values()):
-        assert torch.equal(p, q)
-    assert opt2.state_dict()["state"][0]["step"] == 1 and sched2.last_epoch == 1 and opt2.param_groups[0]["lr"] == 5e-4
-    assert torch.equal(torch.rand(3), draws[0]) and np.array_equal(np.random.rand(3), draws[1])
-    assert random.random() == draws[2]
-
-    atomic_save({"x": 1}, tmp_path / "sub" / "f.pt")
-    assert torch.load(tmp_path / "sub" / "f.pt") == {"x": 1}
+    # a damaged newest file (e.g. copied in half) is skipped with a warning, the older one is resumed
+    (tmp_path / "checkpoint_iter00000009.pt").write_bytes(before["checkpoint_iter00000004.pt"][:100])
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint_iter00000004.pt"
+    _, engine = _resumable_run(tmp_path, max_epochs=2)
+    assert engine.state.iteration == 8
     # resuming with another epoch length would misplace the epoch boundaries
-    fresh.state.epoch_length = 5
-    with pytest.raises(ValueError, match="epoch_length"):
-        loaded.load_latest(fresh)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch_length = 5
+    with pytest.raises(ValueError, match="epoch_length=4, this run has 5"):
+        CheckpointHandler(tmp_path, {"rng": RNGState()}).attach(engine)
 
 
 def test_rng_state_restores_transform_draws(tiny_data: Path) -> None:
@@ -300,34 +337,19 @@ def test_label_mapping_mmwhs() -> None:
         label_mapping("label", [0, 1, 1])
 
 
-def test_metadata_schema() -> None:
-    meta = json.loads((CONFIGS / "metadata.json").read_text())
-    assert validate_metadata(CONFIGS / "metadata.json") == []
-    assert meta["schema"].endswith(META_SCHEMA.name)
-    assert "gemini-dcl" in meta["required_packages_version"]
-    required = load_schema()["required"]
-    assert set(required) == {
-        "schema",
-        "version",
-        "monai_version",
-        "pytorch_version",
-        "numpy_version",
-        "required_packages_version",
-        "task",
-        "description",
-        "authors",
-        "copyright",
-        "network_data_format",
-    }
-    for key in required:
+@pytest.mark.parametrize("bundle", ["gemini_semi", "gemini_mip"])
+def test_metadata_schema(bundle: str, tmp_path: Path) -> None:
+    """MONAI's own check against MONAI's schema (vendored, see data/NOTICE.md)."""
+    meta_file = REPO / "bundles" / bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["schema"].endswith(SCHEMA.name) and meta["version"] in meta["changelog"]
+    verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256")
+    assert meta["eval_metrics"] and all(isinstance(v, float) for v in meta["eval_metrics"].values())
+    for key in json.loads(SCHEMA.read_text())["required"]:
         broken = dict(meta)
         del broken[key]
-        assert validate_metadata(broken) == [f"metadata: missing required key {key!r}"]
-    broken = copy.deepcopy(meta)
-    broken["network_data_format"]["inputs"]["image"]["num_channels"] = "1"
-    del broken["network_data_format"]["outputs"]["pred"]["value_range"]
-    errors = validate_metadata(broken)
-    assert "metadata.network_data_format.inputs.image.num_channels: expected integer, got str '1'" in errors
-    assert "metadata.network_data_format.outputs.pred: missing required key 'value_range'" in errors
-    jsonschema = pytest.importorskip("jsonschema")
-    jsonschema.validate(meta, load_schema())  # the same verdict from a full implementation
+        (tmp_path / "m.json").write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match="`schema` field" if key == "schema" else "Failed validating"):
+            verify_metadata(
+                meta_file=str(tmp_path / "m.json"), filepath=str(SCHEMA), hash_val=SCHEMA_SHA256, hash_type="sha256"
+            )

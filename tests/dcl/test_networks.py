@@ -147,6 +147,28 @@ def test_bad_inputs_give_clear_errors():
         affine_matrix(torch.zeros(3), torch.ones(1, 3), torch.zeros(1, 3), torch.zeros(1, 6), (4, 4, 4))
 
 
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_flow_init(spatial_dims):
+    """``small_normal`` starts the last deformer conv at N(0, 1e-5) with zero
+    bias (a near-identity deformation); ``kaiming`` (the default) leaves the
+    authors' initialisation, the same draws as before the option existed."""
+    torch.manual_seed(0)
+    kaiming = small_gemini(spatial_dims)
+    torch.manual_seed(0)
+    small = small_gemini(spatial_dims, flow_init="small_normal")
+    conv = small.deformer[1]
+    assert torch.count_nonzero(conv.bias) == 0
+    assert 0.5e-5 < float(conv.weight.std()) < 1.5e-5 and abs(float(conv.weight.mean())) < 1e-5
+    assert float(kaiming.deformer[1].weight.std()) > 1e-2
+    for (name, a), b in zip(kaiming.state_dict().items(), small.state_dict().values()):
+        assert torch.equal(a, b) == (not name.startswith("deformer.1.")), name
+    shape = SHAPES[spatial_dims]
+    feat = torch.randn(1, CH[-1], *shape)
+    assert float(small.flow(feat, feat.flip(0)).abs().max()) < 1e-2
+    with pytest.raises(ValueError, match="flow_init must be 'kaiming' or 'small_normal', got 'zeros'"):
+        small_gemini(spatial_dims, flow_init="zeros")
+
+
 def test_gvsl_outputs_batch_and_affine_gradients():
     torch.manual_seed(0)
     net = small_gvsl()
