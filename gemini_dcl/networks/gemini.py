@@ -12,7 +12,9 @@ import gemini_ops
 
 from .blocks import UNetBase, UNetShallow, check_input, check_spatial_dims, conv_type, head, kaiming_init
 
-__all__ = ["GEMINI"]
+__all__ = ["GEMINI", "FLOW_INITS"]
+
+FLOW_INITS = ("kaiming", "small_normal")
 
 
 class GEMINI(nn.Module):
@@ -29,11 +31,17 @@ class GEMINI(nn.Module):
         deformer_channels: the 5 deformer widths (``Conv1..Conv5``).
         integration_steps: scaling-and-squaring steps of :meth:`flow`; 0 uses the
             deformer output as a plain displacement (the authors' way, which can fold).
+        flow_init: ``"kaiming"`` (the authors' init, Kaiming-normal on every
+            convolution including the final flow convolution ``deformer.1``) or
+            ``"small_normal"`` (VoxelMorph's: ``deformer.1`` weights N(0, 1e-5)
+            and zero bias, so the untrained deformer predicts near-identity
+            flows instead of random ones of about a voxel or more).
 
     Submodules (``state_dict`` prefixes): ``unet`` (backbone), ``deformer``
     (``deformer.0`` the shallow U-Net on concat(feat_a, feat_b), ``deformer.1``
     Conv(deformer_channels[-1] -> spatial_dims, k3 p1)), ``res_conv`` (head).
-    Convolutions start Kaiming-normal, as in the authors' code.
+    Convolutions start Kaiming-normal, as in the authors' code (except the
+    flow convolution with ``flow_init="small_normal"``).
 
     Shapes (``S`` any spatial size; the network pads internally and crops back):
         :meth:`features`: (B, in_channels, *S) -> (B, channels[-1], *S)
@@ -50,9 +58,12 @@ class GEMINI(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512, 256, 128, 64, 32),
         deformer_channels: Sequence[int] = (32, 64, 64, 64, 32),
         integration_steps: int = 7,
+        flow_init: str = "kaiming",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        if flow_init not in FLOW_INITS:
+            raise ValueError(f"flow_init must be one of {FLOW_INITS}, got {flow_init!r}")
         if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or integration_steps < 0:
             raise ValueError(f"integration_steps must be an int >= 0, got {integration_steps!r}")
         self.in_channels = in_channels
@@ -65,6 +76,9 @@ class GEMINI(nn.Module):
         )
         self.res_conv = head(spatial_dims, self.feature_channels, out_channels)
         kaiming_init(self)
+        if flow_init == "small_normal":
+            nn.init.normal_(self.deformer[1].weight, 0.0, 1e-5)
+            nn.init.zeros_(self.deformer[1].bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel features: (B, in_channels, *S) -> (B, channels[-1], *S)."""
