@@ -55,6 +55,8 @@ __all__ = [
     "bundle_cli",
     "ExperimentSettings",
     "load_network",
+    "train_run",
+    "load_cases",
     "evaluate_segmentation",
     "evaluate_registration",
     "paired_difference",
@@ -278,9 +280,12 @@ def _read(path: str | Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj)
 
 
-def _load_cases(preprocessing, entries: Sequence[Mapping[str, str]]) -> list[dict[str, torch.Tensor]]:
+def load_cases(
+    bundle: Path, configs: Sequence[str], overrides: Mapping[str, Any], entries: Sequence[Mapping[str, str]]
+) -> list[dict[str, torch.Tensor]]:
     """Images (1, 1, *S) float and labels (1, 1, *S) int64 (class indices)
-    through the bundle's own preprocessing."""
+    of datalist ``entries`` through the configs' own ``preprocessing``."""
+    preprocessing = _parser(bundle, configs, overrides).get_parsed_content("preprocessing")
     cases = []
     for e in entries:
         d = preprocessing({"image": e["image"], "label": e["label"]})
@@ -407,8 +412,12 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def _train(bundle: Path, configs: Sequence[str], run_dir: Path, overrides: Mapping[str, Any], log: list) -> tuple[dict, float]:
-    """Train into ``run_dir``; returns the overrides used and the seconds taken."""
+def train_run(
+    bundle: Path, configs: Sequence[str], run_dir: Path, overrides: Mapping[str, Any], log: list
+) -> tuple[dict, float]:
+    """Train the bundle's ``configs`` into an emptied ``run_dir`` (checkpoints
+    in ``run_dir/models``, logs in ``run_dir/logs``); returns the overrides
+    used (what :func:`load_network` needs) and the seconds taken."""
     _fresh(run_dir)
     full = {
         "bundle_root": str(run_dir),
@@ -443,28 +452,37 @@ def _comparison(arms: Mapping[str, Any], a: str, b: str) -> dict[str, Any]:
     return {"a": a, "b": b, **paired_difference(arms[a]["per_subject_dice"], arms[b]["per_subject_dice"])}
 
 
-def run_semi(settings: ExperimentSettings, bundles: Path, num_labeled: int = 1) -> dict[str, Any]:
-    """The GEMINI-Semi experiment; writes and returns ``results.json``'s content."""
+def run_semi(
+    settings: ExperimentSettings, bundles: Path, num_labeled: int = 1, arms: Sequence[str] = tuple(SEMI_ARMS)
+) -> dict[str, Any]:
+    """The GEMINI-Semi experiment (``arms``: a subset of :data:`SEMI_ARMS`);
+    writes and returns ``results.json``'s content. ``runs`` maps each run
+    folder name to its overrides of ``gemini_semi/configs/train.json``."""
+    unknown = set(arms) - set(SEMI_ARMS)
+    if unknown or "supervised_only" not in arms:
+        raise ValueError(f"arms must be a subset of {list(SEMI_ARMS)} holding supervised_only, got {list(arms)}")
+    chosen = {name: SEMI_ARMS[name] for name in arms}
     start = time.perf_counter()
     bundle = bundles / "gemini_semi"
     configs = ["train"]
     datalist = settings.labeled_datalist(num_labeled)
     flow = flow_init_override(bundle, configs, settings.flow_init)
-    parser = _parser(bundle, configs, {**settings.common(), "datalist": str(datalist)})
-    cases = _load_cases(parser.get_parsed_content("preprocessing"), settings.data["test"])
-    atlas = _load_cases(parser.get_parsed_content("preprocessing"), settings.data["labeled"][:1])[0]
+    common = {**settings.common(), "datalist": str(datalist)}
+    cases = load_cases(bundle, configs, common, settings.data["test"])
+    atlas = load_cases(bundle, configs, common, settings.data["labeled"][:1])[0]
     k = settings.num_classes
     from gemini_dcl.registration import dice_per_class
 
     atlas_copy = [float(dice_per_class(atlas["label"], c["label"], k).nanmean()) for c in cases]
     ceiling = ceiling_registration(settings, cases)
-    per_arm: dict[str, list] = {name: [] for name in SEMI_ARMS}
-    atlas_reg: dict[str, list] = {name: [] for name in SEMI_ARMS if name != "supervised_only"}
+    per_arm: dict[str, list] = {name: [] for name in chosen}
+    atlas_reg: dict[str, list] = {name: [] for name in chosen if name != "supervised_only"}
     registration: dict[str, list] = {name: [] for name in atlas_reg}
-    seconds: dict[str, list] = {name: [] for name in SEMI_ARMS}
+    seconds: dict[str, list] = {name: [] for name in chosen}
     commands: list[str] = []
+    runs: dict[str, dict] = {}
     for seed in settings.seeds:
-        for name, arm in SEMI_ARMS.items():
+        for name, arm in chosen.items():
             overrides = {
                 **settings.common(),
                 **flow,
@@ -474,28 +492,26 @@ def run_semi(settings: ExperimentSettings, bundles: Path, num_labeled: int = 1) 
                 "progress_bar": False,
                 **arm,
             }
-            used, secs = _train(bundle, configs, settings.out / "runs" / f"{name}_seed{seed}", overrides, commands)
+            used, secs = train_run(bundle, configs, settings.out / "runs" / f"{name}_seed{seed}", overrides, commands)
+            runs[f"{name}_seed{seed}"] = used
             seconds[name].append(round(secs, 1))
             net = load_network(bundle, configs, used)
             per_arm[name].append(evaluate_segmentation(net, cases, k))
             if name in registration:
                 registration[name].append(evaluate_registration(net, cases, k, settings.max_pairs))
                 atlas_reg[name].append(atlas_registration(net, atlas, cases, k))
-    arms: dict[str, Any] = {}
-    for name in SEMI_ARMS:
-        arms[name] = _arm(settings.seeds, per_arm[name]) | {"train_seconds": seconds[name]}
+    out: dict[str, Any] = {}
+    for name in chosen:
+        out[name] = _arm(settings.seeds, per_arm[name]) | {"train_seconds": seconds[name]}
         if name in registration:
-            arms[name]["registration"] = _registration_entry(registration[name], ceiling)
-            arms[f"{name}/atlas_registration"] = _arm(settings.seeds, atlas_reg[name])
-    arms["atlas_copy"] = _arm(settings.seeds, [atlas_copy] * len(settings.seeds))
-    comparisons = [
-        _comparison(arms, "gemini_semi", "supervised_only"),
-        _comparison(arms, "gemini_semi_no_integration", "supervised_only"),
-        _comparison(arms, "gemini_semi", "atlas_copy"),
-        _comparison(arms, "supervised_only", "atlas_copy"),
-        _comparison(arms, "gemini_semi", "gemini_semi/atlas_registration"),
-    ]
-    results = {"num_labeled": num_labeled, "arms": arms}
+            out[name]["registration"] = _registration_entry(registration[name], ceiling)
+            out[f"{name}/atlas_registration"] = _arm(settings.seeds, atlas_reg[name])
+    out["atlas_copy"] = _arm(settings.seeds, [atlas_copy] * len(settings.seeds))
+    pairs = [(a, "supervised_only") for a in chosen if a != "supervised_only"]
+    pairs += [(a, "atlas_copy") for a in chosen]
+    pairs += [(a, f"{a}/atlas_registration") for a in chosen if a != "supervised_only"]
+    comparisons = [_comparison(out, a, b) for a, b in pairs]
+    results = {"num_labeled": num_labeled, "arms": out, "runs": runs}
     return _finish("semi", settings, results, comparisons, start, commands)
 
 
@@ -517,8 +533,8 @@ def run_mip(settings: ExperimentSettings, bundles: Path, label_counts: Sequence[
     bundle = bundles / "gemini_mip"
     datalists = {k: settings.labeled_datalist(k) for k in label_counts}
     ft_configs, probe_configs = ["finetune"], ["finetune", "linear_probe"]
-    parser = _parser(bundle, ft_configs, {**settings.common(), "datalist": str(datalists[label_counts[0]])})
-    cases = _load_cases(parser.get_parsed_content("preprocessing"), settings.data["test"])
+    common = {**settings.common(), "datalist": str(datalists[label_counts[0]])}
+    cases = load_cases(bundle, ft_configs, common, settings.data["test"])
     k_classes = settings.num_classes
     ceiling = ceiling_registration(settings, cases)
     per_arm: dict[str, list] = {}
@@ -540,7 +556,7 @@ def run_mip(settings: ExperimentSettings, bundles: Path, label_counts: Sequence[
                 "epoch_length": settings.iterations,
                 **arm,
             }
-            used, secs = _train(bundle, configs, settings.out / "runs" / f"{name}_pretrain_seed{seed}", overrides, commands)
+            used, secs = train_run(bundle, configs, settings.out / "runs" / f"{name}_pretrain_seed{seed}", overrides, commands)
             seconds.setdefault(f"{name}/pretrain", []).append(round(secs, 1))
             pretrained[name] = used["ckpt_dir"] + "/model.pt"
             if name == "gemini_mip":
@@ -557,7 +573,7 @@ def run_mip(settings: ExperimentSettings, bundles: Path, label_counts: Sequence[
                         "epoch_length": settings.finetune_iterations,
                         "pretrained": path,
                     }
-                    used, secs = _train(bundle, configs, settings.out / "runs" / f"{name}_{mode}{k}_seed{seed}", overrides, commands)
+                    used, secs = train_run(bundle, configs, settings.out / "runs" / f"{name}_{mode}{k}_seed{seed}", overrides, commands)
                     seconds.setdefault(key, []).append(round(secs, 1))
                     per_arm.setdefault(key, []).append(evaluate_segmentation(load_network(bundle, configs, used), cases, k_classes))
     arms = {key: _arm(settings.seeds, values) | {"train_seconds": seconds[key]} for key, values in per_arm.items()}
