@@ -57,9 +57,7 @@ def demo(out: Path, iterations: int = 600, seed: int = 0, bundles: Optional[Path
     moving, fixed = load_cases(bundle, ["train"], overrides, settings.data["test"][:2])
     reg = register(net, moving["image"], fixed["image"], moving["label"], fixed["label"], settings.num_classes)
     figures = out / "figures"
-    registration_panel(
-        moving["image"], fixed["image"], reg.warped, reg.ddf, reg.jacobian, figures / "registration.png"
-    )
+    registration_panel(moving["image"], fixed["image"], reg.warped, reg.ddf, reg.jacobian, figures / "registration.png")
     with torch.no_grad():
         pred = net(fixed["image"]).argmax(1, keepdim=True)
     overlay_figure(
@@ -96,7 +94,9 @@ def demo(out: Path, iterations: int = 600, seed: int = 0, bundles: Optional[Path
         f"folding {reg_sum['folding_percent']:.4f} %"
     )
     one = summary["one_pair"]
-    print(f"figure pair: Dice {one['dice_before']:.3f} -> {one['dice_after']:.3f}, folding {one['folding_percent']:.4f} %")
+    print(
+        f"figure pair: Dice {one['dice_before']:.3f} -> {one['dice_after']:.3f}, folding {one['folding_percent']:.4f} %"
+    )
     print(f"figures: {', '.join(summary['figures'])}")
     print(f"total {summary['total_seconds']} s; summary {out / 'demo_summary.json'}")
     return summary
@@ -108,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default demo_output)")
     parser.add_argument("--iterations", type=int, default=600, help="training iterations per run (default 600)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bundles", type=Path, default=None, help="folder holding gemini_semi (default: the checkout's)")
+    parser.add_argument(
+        "--bundles", type=Path, default=None, help="folder holding gemini_semi (default: the checkout's)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))

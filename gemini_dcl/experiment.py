@@ -215,7 +215,9 @@ class ExperimentSettings:
             values = sorted(int(k) for k in labels)
             self.label_values, self.class_names = values, [str(labels[str(v)]) for v in values]
         else:
-            values = sorted({int(v) for e in self.data["labeled"] + self.data["test"] for v in np.unique(_read(e["label"]))})
+            values = sorted(
+                {int(v) for e in self.data["labeled"] + self.data["test"] for v in np.unique(_read(e["label"]))}
+            )
             self.label_values, self.class_names = values, [f"class_{v}" for v in values]
         shape = _read(self.data["test"][0]["image"]).shape
         self.spatial_dims = int(self.data.get("spatial_dims") or len(shape))
@@ -289,18 +291,21 @@ def load_cases(
     cases = []
     for e in entries:
         d = preprocessing({"image": e["image"], "label": e["label"]})
-        cases.append({"image": torch.as_tensor(d["image"])[None].float(), "label": torch.as_tensor(d["label"])[None].long()})
+        cases.append(
+            {"image": torch.as_tensor(d["image"])[None].float(), "label": torch.as_tensor(d["label"])[None].long()}
+        )
     return cases
 
 
 @torch.no_grad()
-def evaluate_segmentation(net: torch.nn.Module, cases: Sequence[Mapping[str, torch.Tensor]], num_classes: int) -> list[float]:
+def evaluate_segmentation(
+    net: torch.nn.Module, cases: Sequence[Mapping[str, torch.Tensor]], num_classes: int
+) -> list[float]:
     """Per-subject mean foreground Dice of ``argmax(net(image))`` (whole image)."""
     from gemini_dcl.registration import dice_per_class
 
     return [
-        float(dice_per_class(net(c["image"]).argmax(1, keepdim=True), c["label"], num_classes).nanmean())
-        for c in cases
+        float(dice_per_class(net(c["image"]).argmax(1, keepdim=True), c["label"], num_classes).nanmean()) for c in cases
     ]
 
 
@@ -337,8 +342,12 @@ def ceiling_registration(
 
             rel = {Path(p).name: f for p, f in fields.items()}
             ddf = true_pair_ddf(base / rel[Path(tests[a]["image"]).name], base / rel[Path(tests[b]["image"]).name])
-            out["dice_ceiling"].append(float(dice_per_class(warp_label_linear(ma["label"], ddf, k), fb["label"], k).nanmean()))
-            out["dice_ceiling_nearest"].append(float(dice_per_class(warp_label(ma["label"], ddf), fb["label"], k).nanmean()))
+            out["dice_ceiling"].append(
+                float(dice_per_class(warp_label_linear(ma["label"], ddf, k), fb["label"], k).nanmean())
+            )
+            out["dice_ceiling_nearest"].append(
+                float(dice_per_class(warp_label(ma["label"], ddf), fb["label"], k).nanmean())
+            )
             import gemini_ops
 
             out["gvs_ceiling"].append(float(gvs_value(gemini_ops.warp(ma["image"], ddf), fb["image"])[0]))
@@ -355,7 +364,9 @@ def evaluate_registration(
     rows = []
     for a, b in _pairs(len(cases), max_pairs):
         r = register(net, cases[a]["image"], cases[b]["image"], cases[a]["label"], cases[b]["label"], num_classes)
-        rows.append((float(r.mean_dice_linear[0]), float(r.mean_dice[0]), float(r.gvs[0]), 100 * float(r.folding_fraction[0])))
+        rows.append(
+            (float(r.mean_dice_linear[0]), float(r.mean_dice[0]), float(r.gvs[0]), 100 * float(r.folding_fraction[0]))
+        )
     cols = list(zip(*rows))
     return {
         "dice_after": _mean(cols[0]),
@@ -556,11 +567,15 @@ def run_mip(settings: ExperimentSettings, bundles: Path, label_counts: Sequence[
                 "epoch_length": settings.iterations,
                 **arm,
             }
-            used, secs = train_run(bundle, configs, settings.out / "runs" / f"{name}_pretrain_seed{seed}", overrides, commands)
+            used, secs = train_run(
+                bundle, configs, settings.out / "runs" / f"{name}_pretrain_seed{seed}", overrides, commands
+            )
             seconds.setdefault(f"{name}/pretrain", []).append(round(secs, 1))
             pretrained[name] = used["ckpt_dir"] + "/model.pt"
             if name == "gemini_mip":
-                registration.append(evaluate_registration(load_network(bundle, configs, used), cases, k_classes, settings.max_pairs))
+                registration.append(
+                    evaluate_registration(load_network(bundle, configs, used), cases, k_classes, settings.max_pairs)
+                )
         for name, path in pretrained.items():
             for k in label_counts:
                 for mode, configs in (("finetune", ft_configs), ("probe", probe_configs)):
@@ -573,12 +588,17 @@ def run_mip(settings: ExperimentSettings, bundles: Path, label_counts: Sequence[
                         "epoch_length": settings.finetune_iterations,
                         "pretrained": path,
                     }
-                    used, secs = train_run(bundle, configs, settings.out / "runs" / f"{name}_{mode}{k}_seed{seed}", overrides, commands)
+                    used, secs = train_run(
+                        bundle, configs, settings.out / "runs" / f"{name}_{mode}{k}_seed{seed}", overrides, commands
+                    )
                     seconds.setdefault(key, []).append(round(secs, 1))
-                    per_arm.setdefault(key, []).append(evaluate_segmentation(load_network(bundle, configs, used), cases, k_classes))
+                    per_arm.setdefault(key, []).append(
+                        evaluate_segmentation(load_network(bundle, configs, used), cases, k_classes)
+                    )
     arms = {key: _arm(settings.seeds, values) | {"train_seconds": seconds[key]} for key, values in per_arm.items()}
-    arms["gemini_mip/finetune_%d" % label_counts[0]]["registration"] = _registration_entry(registration, ceiling)
-    arms["gemini_mip/finetune_%d" % label_counts[0]]["pretrain_seconds"] = seconds["gemini_mip/pretrain"]
+    first = arms[f"gemini_mip/finetune_{label_counts[0]}"]
+    first["registration"] = _registration_entry(registration, ceiling)
+    first["pretrain_seconds"] = seconds["gemini_mip/pretrain"]
     comparisons = [
         _comparison(arms, f"{name}/{mode}_{k}", f"scratch/{mode}_{k}")
         for name in pretrain
@@ -647,9 +667,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--out", required=True, type=Path, help="output folder (results.json, .md, .png, runs/)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=400, help="GEMINI-Semi / pre-training iterations")
-    parser.add_argument("--finetune-iterations", type=int, default=None, help="fine-tune and probe steps (default --iterations)")
+    parser.add_argument(
+        "--finetune-iterations", type=int, default=None, help="fine-tune and probe steps (default --iterations)"
+    )
     parser.add_argument("--num-labeled", type=int, default=1, help="semi: labelled subjects used (the first ones)")
-    parser.add_argument("--label-counts", type=int, nargs="+", default=[1, 3], help="mip: labelled subjects per fine-tune")
+    parser.add_argument(
+        "--label-counts", type=int, nargs="+", default=[1, 3], help="mip: labelled subjects per fine-tune"
+    )
     parser.add_argument("--channels", type=int, nargs=9, default=[8, 16, 16, 32, 32, 32, 16, 16, 8])
     parser.add_argument("--deformer-channels", type=int, nargs=5, default=[8, 16, 16, 16, 8])
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -658,8 +682,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--max-pairs", type=int, default=11, help="registration pairs (consecutive test subjects)")
     parser.add_argument("--bundles", type=Path, default=None, help="folder holding gemini_semi and gemini_mip")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: the nets are small, and on a shared "
-        "machine more threads made training up to 50 times slower)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: the nets are small, and on a shared "
+        "machine more threads made training up to 50 times slower)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))

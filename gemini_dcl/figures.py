@@ -255,7 +255,12 @@ def experiment_figure(results: Mapping[str, Any], path: PathLike) -> Path:
         diff = np.asarray(c["per_subject"], dtype=float)
         right.scatter(diff, np.full(len(diff), y), s=9, color="#f58231", alpha=0.7)
         right.errorbar(
-            c["mean"], y, xerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]], fmt="D", color="black", capsize=3
+            c["mean"],
+            y,
+            xerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]],
+            fmt="D",
+            color="black",
+            capsize=3,
         )
     right.axvline(0.0, color="grey", lw=0.8)
     right.set_yticks(range(len(comparisons)), [f"{c['a']} − {c['b']}" for c in comparisons], fontsize=7)

@@ -179,9 +179,7 @@ class _TemplateSampler:
     """The template, anti-aliased once for a grid spacing, sampled on grids
     that differ only by an offset along the last (axial) axis."""
 
-    def __init__(
-        self, size: Sequence[int], spatial_dims: int, margin_mm: float, data_dir: Optional[PathLike]
-    ) -> None:
+    def __init__(self, size: Sequence[int], spatial_dims: int, margin_mm: float, data_dir: Optional[PathLike]) -> None:
         image, label, t_affine = load_template(data_dir)
         self.t_affine = t_affine
         t_spacing = np.linalg.norm(t_affine[:3, :3], axis=0)
@@ -467,7 +465,9 @@ def make_sample_dataset(
     return path
 
 
-def make_benchmark(out_dir: PathLike, name: str = "brain2d", seed: int = 0, data_dir: Optional[PathLike] = None) -> Path:
+def make_benchmark(
+    out_dir: PathLike, name: str = "brain2d", seed: int = 0, data_dir: Optional[PathLike] = None
+) -> Path:
     """Write the shipped benchmark ``name`` (:data:`BENCHMARKS`: structure
     labels, 3 labelled, 2 validation, 12 test, 24 unlabelled subjects)."""
     if name not in BENCHMARKS:
@@ -480,7 +480,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m gemini_dcl.sample_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", help="output folder (created)")
     parser.add_argument(
-        "--benchmark", choices=sorted(BENCHMARKS), help="write a shipped benchmark (other options except --seed ignored)"
+        "--benchmark",
+        choices=sorted(BENCHMARKS),
+        help="write a shipped benchmark (other options except --seed ignored)",
     )
     parser.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
     parser.add_argument("--size", type=int, nargs="+", help="grid size, D H W (3D) or H W (2D)")

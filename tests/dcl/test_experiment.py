@@ -67,7 +67,9 @@ def test_semi_results_layout(semi):
         np.testing.assert_allclose(arm["mean_dice"][0], np.mean(arm["per_subject_dice"][0]), rtol=1e-6)
     for name in ("gemini_semi", "gemini_semi_no_integration"):
         reg = arms[name]["registration"]
-        assert {"dice_identity", "dice_after", "dice_ceiling", "folding_percent", "gvs_after"} <= set(reg) | set(reg["mean"])
+        assert {"dice_identity", "dice_after", "dice_ceiling", "folding_percent", "gvs_after"} <= set(reg) | set(
+            reg["mean"]
+        )
         assert reg["dice_ceiling"] > reg["dice_identity"]  # the generator's truth registers
     assert "registration" not in arms["supervised_only"]
     assert results["settings"]["class_names"][2] == "ventricles"
@@ -116,10 +118,25 @@ def test_paired_difference_interval():
 
 def test_mip_2d_arms(datalist, tmp_path):
     results = main(
-        ["mip", "--datalist", str(datalist), "--seeds", "0", "--iterations", "2", "--label-counts", "1", "2",
-         "--out", str(tmp_path), *TINY]
+        [
+            "mip",
+            "--datalist",
+            str(datalist),
+            "--seeds",
+            "0",
+            "--iterations",
+            "2",
+            "--label-counts",
+            "1",
+            "2",
+            "--out",
+            str(tmp_path),
+            *TINY,
+        ]
     )
-    expected = {f"{arm}/{mode}_{k}" for arm in ("scratch", "gemini_mip") for mode in ("finetune", "probe") for k in (1, 2)}
+    expected = {
+        f"{arm}/{mode}_{k}" for arm in ("scratch", "gemini_mip") for mode in ("finetune", "probe") for k in (1, 2)
+    }
     assert set(results["arms"]) == expected
     assert set(results["skipped_arms"]) == {"gvsl_ncc", "gvsl_mi"}  # the GVSL network is 3D only
     assert "dice_after" in results["arms"]["gemini_mip/finetune_1"]["registration"]["mean"]
@@ -158,7 +175,12 @@ def test_demo_runs_and_reports(tmp_path):
     from gemini_dcl.demo import main as demo_main
 
     summary = demo_main(["--out", str(tmp_path), "--iterations", "2"])
-    assert set(summary["test_dice"]) == {"gemini_semi", "gemini_semi/atlas_registration", "supervised_only", "atlas_copy"}
+    assert set(summary["test_dice"]) == {
+        "gemini_semi",
+        "gemini_semi/atlas_registration",
+        "supervised_only",
+        "atlas_copy",
+    }
     reg = summary["registration"]
     assert reg["dice_ceiling"] > reg["dice_identity"]
     results = json.loads((tmp_path / "results.json").read_text())

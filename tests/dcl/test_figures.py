@@ -86,7 +86,10 @@ def test_experiment_figure(tmp_path):
 
     rng = np.random.default_rng(1)
     per_subject = {name: rng.random((3, 6)).tolist() for name in ("a", "b", "c")}
-    arms = {name: {"seeds": [0, 1, 2], "mean_dice": np.mean(v, 1).tolist(), "per_subject_dice": v} for name, v in per_subject.items()}
+    arms = {
+        name: {"seeds": [0, 1, 2], "mean_dice": np.mean(v, 1).tolist(), "per_subject_dice": v}
+        for name, v in per_subject.items()
+    }
     comparisons = [{"a": "a", "b": "b", **paired_difference(per_subject["a"], per_subject["b"])}]
     results = {"experiment": "semi", "settings": {"seeds": [0, 1, 2]}, "arms": arms, "comparisons": comparisons}
     small = experiment_figure(results, tmp_path / "one" / "r.png")

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 import gemini_ops
 from gemini_dcl import sample_data
+from gemini_dcl.registration import dice_per_class
 from gemini_dcl.sample_data import (
     DATA_DIR,
     DEFAULT_SIZE,
@@ -26,7 +27,6 @@ from gemini_dcl.sample_data import (
     template_on_grid,
     true_pair_ddf,
 )
-from gemini_dcl.registration import dice_per_class
 
 TISSUE = np.array([0, 1, 1, 2, 2, 2, 3, 3])  # structure value -> tissue (0 bg, 1 CSF, 2 GM, 3 WM)
 
@@ -156,7 +156,9 @@ def test_dataset_files_affines_and_alignment(dataset):
     assert all(set(e) == {"image"} for e in datalist["unlabeled"])
     assert datalist["labels"] == {"0": "background", "1": "csf", "2": "grey_matter", "3": "white_matter"}
     assert datalist["generator"]["seed"] == 3 and datalist["generator"]["deformation_mm"] > 0
-    assert sorted(datalist["deformations"]) == sorted(e["image"] for e in datalist["unlabeled"] + labelled_entries(datalist))
+    assert sorted(datalist["deformations"]) == sorted(
+        e["image"] for e in datalist["unlabeled"] + labelled_entries(datalist)
+    )
     assert all((root / f).is_file() for f in datalist["deformations"].values())
     assert len(list((root / "labels").glob("*.nii.gz"))) == 4  # no labels written for unlabelled subjects
     _, _, grid_affine = template_on_grid(SIZE)
