@@ -176,6 +176,8 @@ class ExperimentSettings:
         flow_init: deformer flow-layer init (``"small_normal"`` or ``"kaiming"``).
         batch_size: pairs / labelled images per step.
         max_pairs: registration pairs evaluated (consecutive test subjects).
+        roi_size: training crop (default: the whole test image); evaluation
+            always uses the whole image.
     """
 
     def __init__(
@@ -191,6 +193,7 @@ class ExperimentSettings:
         flow_init: str = "small_normal",
         batch_size: int = 1,
         max_pairs: int = 11,
+        roi_size: Optional[Sequence[int]] = None,
     ) -> None:
         from gemini_dcl.datalist import load_datalist
 
@@ -221,7 +224,9 @@ class ExperimentSettings:
             self.label_values, self.class_names = values, [f"class_{v}" for v in values]
         shape = _read(self.data["test"][0]["image"]).shape
         self.spatial_dims = int(self.data.get("spatial_dims") or len(shape))
-        self.roi_size = [int(n) for n in shape[: self.spatial_dims]]
+        self.roi_size = [int(n) for n in (roi_size or shape[: self.spatial_dims])]
+        if len(self.roi_size) != self.spatial_dims:
+            raise ValueError(f"--roi-size needs {self.spatial_dims} values for this datalist, got {self.roi_size}")
 
     @property
     def num_classes(self) -> int:
@@ -680,6 +685,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser.add_argument("--flow-init", default="small_normal", choices=("small_normal", "kaiming"))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--max-pairs", type=int, default=11, help="registration pairs (consecutive test subjects)")
+    parser.add_argument("--roi-size", type=int, nargs="+", default=None, help="training crop (default: whole image)")
+    parser.add_argument(
+        "--arms", nargs="+", default=list(SEMI_ARMS), choices=list(SEMI_ARMS), help="semi: arms to run (all by default)"
+    )
     parser.add_argument("--bundles", type=Path, default=None, help="folder holding gemini_semi and gemini_mip")
     parser.add_argument(
         "--threads",
@@ -704,11 +713,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
             args.flow_init,
             args.batch_size,
             args.max_pairs,
+            args.roi_size,
         )
+        if "supervised_only" not in args.arms:
+            raise ValueError("--arms must include supervised_only (every comparison is against it)")
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     if args.kind == "semi":
-        return run_semi(settings, bundles, args.num_labeled)
+        return run_semi(settings, bundles, args.num_labeled, args.arms)
     return run_mip(settings, bundles, args.label_counts)
 
 

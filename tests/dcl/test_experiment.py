@@ -150,6 +150,10 @@ def test_bad_arguments(datalist, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["semi", "--datalist", str(tmp_path / "none.json"), "--out", str(tmp_path)])
     assert "none.json" in capsys.readouterr().err
+    for extra, match in ((["--arms", "gemini_semi"], "--arms"), (["--roi-size", "8", "8", "8"], "--roi-size")):
+        with pytest.raises(SystemExit):
+            main(["semi", "--datalist", str(datalist), "--out", str(tmp_path), *extra])
+        assert match in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="--bundles"):
         find_bundles(tmp_path)
 
