@@ -265,7 +265,7 @@ def experiment_figure(results: Mapping[str, Any], path: PathLike) -> Path:
     right.axvline(0.0, color="grey", lw=0.8)
     right.set_yticks(range(len(comparisons)), [f"{c['a']} − {c['b']}" for c in comparisons], fontsize=7)
     right.invert_yaxis()
-    right.set_xlabel("paired per-subject Dice difference (mean, 95 % interval)")
+    right.set_xlabel("paired per-subject Dice difference, mean and 95 % CI")
     right.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{results.get('experiment', '')}: seeds {results.get('settings', {}).get('seeds', '')}", fontsize=9)
     fig.tight_layout()
