@@ -4,6 +4,7 @@ from scratch, with the baselines next to every number.
 
     python -m gemini_dcl.experiment semi --datalist D --seeds 0 1 2 --iterations N --out DIR
     python -m gemini_dcl.experiment mip  --datalist D --seeds 0 1 2 --iterations N --out DIR
+    python -m gemini_dcl.experiment merge --out DIR RUN_DIR_SEED0 RUN_DIR_SEED1 ...
 
 Training goes through the bundles' config files only (``--bundles``, default
 the checkout's ``bundles/``), run with ``monai.bundle.run`` (run id ``run``)
@@ -60,6 +61,7 @@ __all__ = [
     "evaluate_segmentation",
     "evaluate_registration",
     "paired_difference",
+    "merge_results",
     "run_semi",
     "run_mip",
     "main",
@@ -447,8 +449,6 @@ def train_run(
 
 
 def _finish(kind: str, settings: ExperimentSettings, results: dict, comparisons: list, start: float, commands) -> dict:
-    from gemini_dcl.figures import experiment_figure
-
     results.update(
         experiment=kind,
         settings=settings.describe(),
@@ -456,12 +456,57 @@ def _finish(kind: str, settings: ExperimentSettings, results: dict, comparisons:
         commands=commands,
         wall_seconds=round(time.perf_counter() - start, 1),
     )
-    settings.out.mkdir(parents=True, exist_ok=True)
-    (settings.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (settings.out / "results.md").write_text(results_markdown(results))
-    experiment_figure(results, settings.out / "results.png")
+    return _write(results, settings.out)
+
+
+def _write(results: dict, out: Path) -> dict:
+    """``results.json``, ``results.md`` and ``results.png`` in ``out``."""
+    from gemini_dcl.figures import experiment_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(results_markdown(results))
+    experiment_figure(results, out / "results.png")
     print("\n" + results_markdown(results))
     return results
+
+
+def merge_results(folders: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """Merge the ``results.json`` of runs of one experiment made with
+    different seeds (same datalist, arms and settings otherwise) into one,
+    as if run with all the seeds: per-seed lists concatenated, registration
+    means and the paired comparisons recomputed; ``wall_seconds`` summed.
+    Written to ``out`` like a run's results."""
+    parts = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+    first = parts[0]
+    for name, part in zip(folders, parts):
+        same = {k: v for k, v in part["settings"].items() if k != "seeds"}
+        if (
+            same != {k: v for k, v in first["settings"].items() if k != "seeds"}
+            or part["arms"].keys() != first["arms"].keys()
+        ):
+            raise ValueError(f"{name}: settings or arms differ from {folders[0]}; only seeds may differ")
+    merged = {k: v for k, v in first.items() if k not in ("arms", "comparisons", "commands", "wall_seconds", "runs")}
+    merged["settings"] = {**first["settings"], "seeds": [s for p in parts for s in p["settings"]["seeds"]]}
+    merged["merged_from"] = [str(f) for f in folders]
+    merged["commands"] = [c for p in parts for c in p["commands"]]
+    merged["wall_seconds"] = round(sum(p["wall_seconds"] for p in parts), 1)
+    arms: dict[str, Any] = {}
+    for name, arm in first["arms"].items():
+        arms[name] = {
+            key: [x for p in parts for x in p["arms"][name][key]] for key in arm if isinstance(arm[key], list)
+        }
+        if "registration" in arm:
+            per_seed = [key for key, v in arm["registration"].items() if isinstance(v, list)]
+            reg = {key: [x for p in parts for x in p["arms"][name]["registration"][key]] for key in per_seed}
+            fixed = {
+                k: v for k, v in arm["registration"].items() if k not in per_seed and k not in ("mean", "gap_closed")
+            }
+            rows = [dict(zip(per_seed, values)) for values in zip(*reg.values())]
+            arms[name]["registration"] = _registration_entry(rows, fixed)
+    merged["arms"] = arms
+    merged["comparisons"] = [_comparison(arms, c["a"], c["b"]) for c in first["comparisons"]]
+    return _write(merged, Path(out))
 
 
 def _comparison(arms: Mapping[str, Any], a: str, b: str) -> dict[str, Any]:
@@ -665,7 +710,21 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-    """Command line; returns the results dict."""
+    """Command line; returns the results dict. ``merge --out DIR RUN_DIR...``
+    merges runs made with different seeds (:func:`merge_results`)."""
+    argv = list(argv) if argv is not None else None
+    import sys
+
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["merge"]:
+        merge = argparse.ArgumentParser(prog="python -m gemini_dcl.experiment merge")
+        merge.add_argument("runs", nargs="+", type=Path, help="output folders of runs with different seeds")
+        merge.add_argument("--out", required=True, type=Path)
+        margs = merge.parse_args(args_in[1:])
+        try:
+            return merge_results(margs.runs, margs.out)
+        except (ValueError, FileNotFoundError) as err:
+            merge.error(str(err))
     parser = argparse.ArgumentParser(prog="python -m gemini_dcl.experiment", description=__doc__.split("\n\n")[0])
     parser.add_argument("kind", choices=("semi", "mip"))
     parser.add_argument("--datalist", required=True, type=Path, help="datalist JSON (any 2D or 3D set)")

@@ -192,3 +192,23 @@ def test_demo_runs_and_reports(tmp_path):
     for name in ("registration.png", "overlay.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000
     assert (tmp_path / "results.png").is_file() and (tmp_path / "demo_summary.json").is_file()
+
+
+def test_merge_seeds(semi, tmp_path):
+    out, results = semi
+    merged = main(["merge", "--out", str(tmp_path / "m"), str(out), str(out)])
+    assert merged["settings"]["seeds"] == [0, 0]
+    for name, arm in results["arms"].items():
+        assert merged["arms"][name]["per_subject_dice"] == arm["per_subject_dice"] * 2
+    for a, b in zip(merged["comparisons"], results["comparisons"]):
+        np.testing.assert_allclose(a["mean"], b["mean"], rtol=1e-9, atol=1e-12)
+    reg = merged["arms"]["gemini_semi"]["registration"]
+    np.testing.assert_allclose(
+        reg["mean"]["dice_after"], results["arms"]["gemini_semi"]["registration"]["mean"]["dice_after"]
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = dict(results, settings={**results["settings"], "iterations": 99})
+    (other / "results.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit):
+        main(["merge", "--out", str(tmp_path / "m2"), str(out), str(other)])
