@@ -204,23 +204,26 @@ def test_cli_default_split(tmp_path, capsys):
     assert template_on_grid(DEFAULT_SIZE[3])[0].shape == (1, *DEFAULT_SIZE[3])
 
 
-def test_benchmark_2d_has_headroom(tmp_path):
-    """The shipped 2D benchmark: splits, structure labels, true voxel size, and
-    registration headroom (identity Dice far below the true deformation's)."""
-    path = main([str(tmp_path), "--benchmark", "brain2d"])
+@pytest.mark.parametrize(("name", "shape", "spacing"), [("brain2d", (64, 80), 2.531), ("brain3d", (40, 48, 40), 4.3)])
+def test_benchmark_has_headroom(tmp_path, name, shape, spacing):
+    """The shipped benchmarks (the commands the docs show): splits, structure
+    labels, true voxel size, and registration headroom (identity Dice far
+    below the true deformation's)."""
+    path = main([str(tmp_path), "--benchmark", name])
     root, datalist = path.parent, json.loads(path.read_text())
     assert [len(datalist[k]) for k in ("labeled", "unlabeled", "validation", "test")] == [3, 24, 2, 12]
     assert datalist["labels"] == {str(k): v for k, v in STRUCTURE_NAMES.items()}
     nii = nib.load(root / datalist["test"][0]["image"])
-    assert nii.shape == (64, 80)
+    assert nii.shape == shape
     np.testing.assert_allclose(nii.header.get_zooms(), datalist["spacing_mm"], rtol=1e-4)
-    assert 2.0 < datalist["spacing_mm"] < 3.0
+    np.testing.assert_allclose(datalist["spacing_mm"], spacing, atol=1e-3)
     identity, truth = [], []
+    k = len(STRUCTURE_NAMES)
     for a, b in zip(datalist["test"][:-1], datalist["test"][1:]):
         la, lb = (torch.from_numpy(read(root / e["label"])[0].astype(np.int64))[None, None] for e in (a, b))
         ddf = true_pair_ddf(root / datalist["deformations"][a["image"]], root / datalist["deformations"][b["image"]])
-        identity.append(dice_per_class(la, lb, 8).nanmean().item())
-        truth.append(dice_per_class(gemini_ops.warp(la.float(), ddf, mode="nearest").long(), lb, 8).nanmean().item())
+        identity.append(dice_per_class(la, lb, k).nanmean().item())
+        truth.append(dice_per_class(gemini_ops.warp(la.float(), ddf, mode="nearest").long(), lb, k).nanmean().item())
     assert np.mean(truth) > np.mean(identity) + 0.15
 
 
