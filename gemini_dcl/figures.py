@@ -1,5 +1,6 @@
 """PNG figures with matplotlib's Agg canvas (no display, no pyplot state):
-segmentation overlays, a registration panel, training curves.
+segmentation overlays, a registration panel, training curves, the summary
+of a multi-seed experiment.
 
 Arrays may be numpy or torch, with leading singleton batch/channel axes;
 3D volumes are shown by their middle slices along each axis (overlays) or the
@@ -20,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 
-__all__ = ["overlay_figure", "registration_panel", "training_curves", "checkerboard"]
+__all__ = ["overlay_figure", "registration_panel", "training_curves", "checkerboard", "experiment_figure"]
 
 PathLike = Union[str, Path]
 _LABEL_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
@@ -228,5 +229,44 @@ def training_curves(history: Union[Mapping, Sequence[Mapping], PathLike], path: 
         ax.set_title(name)
         ax.set_xlabel(x_key or "index")
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def experiment_figure(results: Mapping[str, Any], path: PathLike) -> Path:
+    """Summary of ``gemini_dcl.experiment`` results: left, the test Dice of
+    every arm as mean +- std over seeds (dots: the seeds); right, each
+    comparison's paired per-subject differences (dots) with their mean and
+    95 % interval (bar)."""
+    arms = results["arms"]
+    comparisons = results.get("comparisons", [])
+    names = list(arms)
+    fig = Figure(figsize=(11, max(3.0, 0.32 * max(len(names), len(comparisons)) + 1.2)))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.1]})
+    for y, name in enumerate(names):
+        seeds = np.asarray(arms[name]["mean_dice"], dtype=float)
+        left.errorbar(np.mean(seeds), y, xerr=np.std(seeds), fmt="o", color="black", capsize=3)
+        left.scatter(seeds, np.full(len(seeds), y), s=10, color="#4363d8", zorder=3)
+    left.set_yticks(range(len(names)), names, fontsize=7)
+    left.invert_yaxis()
+    left.set_xlabel("test Dice (mean ± std over seeds)")
+    left.grid(axis="x", alpha=0.3)
+    for y, c in enumerate(comparisons):
+        diff = np.asarray(c["per_subject"], dtype=float)
+        right.scatter(diff, np.full(len(diff), y), s=9, color="#f58231", alpha=0.7)
+        right.errorbar(
+            c["mean"],
+            y,
+            xerr=[[c["mean"] - c["ci95"][0]], [c["ci95"][1] - c["mean"]]],
+            fmt="D",
+            color="black",
+            capsize=3,
+        )
+    right.axvline(0.0, color="grey", lw=0.8)
+    right.set_yticks(range(len(comparisons)), [f"{c['a']} − {c['b']}" for c in comparisons], fontsize=7)
+    right.invert_yaxis()
+    right.set_xlabel("paired per-subject Dice difference, mean and 95 % CI")
+    right.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{results.get('experiment', '')}: seeds {results.get('settings', {}).get('seeds', '')}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

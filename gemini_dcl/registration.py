@@ -1,5 +1,7 @@
 """Registration with a trained GEMINI-style network: displacement, warped image
-and labels, Jacobian determinant, folding fraction and Dice.
+and labels, Jacobian determinant, folding fraction, Dice (MONAI's
+``compute_dice``) of nearest-neighbour and of linearly warped one-hot labels,
+and the GVS value.
 
 Convention (``gemini_ops``): ``warp(image, ddf)(x) = image(x + ddf(x))``, with
 ``ddf`` in voxel units on the grid of the *output*. ``net.flow(f_a, f_b)`` is
@@ -15,10 +17,20 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch
+from monai.metrics import compute_dice
+from monai.networks.utils import one_hot
 
 import gemini_ops
 
-__all__ = ["RegistrationNetwork", "RegistrationResult", "warp_label", "dice_per_class", "register"]
+__all__ = [
+    "RegistrationNetwork",
+    "RegistrationResult",
+    "warp_label",
+    "warp_label_linear",
+    "dice_per_class",
+    "gvs_value",
+    "register",
+]
 
 
 class RegistrationNetwork(Protocol):
@@ -41,24 +53,36 @@ class RegistrationResult:
         ddf: displacement on the fixed grid, (B, ndim, *S), voxel units.
         warped: moving image resampled onto the fixed grid, (B, C, *S).
         jacobian: determinant of the Jacobian of ``x -> x + ddf(x)``, (B, 1, *S).
-        folding_fraction: share of voxels with determinant <= 0, (B,).
+        folding_fraction: share of voxels with determinant <= 0, (B,)
+            (``gemini_ops.folding_fraction``).
+        gvs, gvs_before: GVS value (:func:`gvs_value`) of the warped and of the
+            unregistered moving image against the fixed one, (B,).
         warped_label: moving label warped with nearest neighbour, (B, 1, *S),
             dtype of ``moving_label``; None without ``moving_label``.
         dice: Dice of ``warped_label`` and ``fixed_label`` per foreground class
             1..K-1, (B, K-1), NaN where a class is absent from both; None
             without both labels.
+        dice_linear: the same for the linearly warped one-hot label
+            (:func:`warp_label_linear`), which does not lose thin structures
+            to nearest-neighbour sampling.
         dice_before: the same for the unregistered ``moving_label``.
-        mean_dice: mean over the present classes of ``dice``, (B,).
+        mean_dice, mean_dice_linear, mean_dice_before: means over the present
+            classes, (B,).
     """
 
     ddf: torch.Tensor
     warped: torch.Tensor
     jacobian: torch.Tensor
     folding_fraction: torch.Tensor
+    gvs: torch.Tensor
+    gvs_before: torch.Tensor
     warped_label: Optional[torch.Tensor] = None
     dice: Optional[torch.Tensor] = None
+    dice_linear: Optional[torch.Tensor] = None
     dice_before: Optional[torch.Tensor] = None
     mean_dice: Optional[torch.Tensor] = None
+    mean_dice_linear: Optional[torch.Tensor] = None
+    mean_dice_before: Optional[torch.Tensor] = None
 
 
 def warp_label(label: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
@@ -77,26 +101,44 @@ def warp_label(label: torch.Tensor, ddf: torch.Tensor, padding_mode: str = "zero
     return torch.round(warped).to(label.dtype)
 
 
+def warp_label_linear(label: torch.Tensor, ddf: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Warp an integer label map as a one-hot image with linear interpolation
+    and take the argmax: (B, 1, *S) -> (B, 1, *S) int64. Outside the image
+    the one-hot map is zero, which argmax turns into class 0 (background)."""
+    onehot = one_hot(label.long(), num_classes, dtype=ddf.dtype, dim=1)
+    return gemini_ops.warp(onehot, ddf).argmax(1, keepdim=True)
+
+
 def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Dice ``2|P_c & T_c| / (|P_c| + |T_c|)`` of integer label maps per foreground class.
+    """Dice ``2|P_c & T_c| / (|P_c| + |T_c|)`` of integer label maps per
+    foreground class, by ``monai.metrics.compute_dice``.
 
     Args:
         pred, target: (B, 1, *S) integer-valued label maps.
         num_classes: K, classes 0..K-1 (0 is background and not scored).
 
     Returns:
-        (B, K-1) float32; NaN where class c is absent from both maps.
+        (B, K-1) float32; NaN where class c is absent from both maps (0 where
+        it is only in ``pred``).
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    classes = torch.arange(1, num_classes, device=pred.device).view(1, -1, *([1] * (pred.dim() - 2)))
-    p = (pred.long() == classes).flatten(2).float()
-    t = (target.long() == classes).flatten(2).float()
-    inter = (p * t).sum(-1)
-    total = p.sum(-1) + t.sum(-1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.full_like(total, float("nan")))
+    p = one_hot(pred.long(), num_classes, dim=1)
+    t = one_hot(target.long(), num_classes, dim=1)
+    dice = compute_dice(p, t, include_background=False, ignore_empty=False).float()
+    absent = (p[:, 1:] + t[:, 1:]).flatten(2).sum(-1) == 0
+    return torch.where(absent, torch.full_like(dice, float("nan")), dice)
+
+
+def gvs_value(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """GEMINI's GVS loss value per sample, ``1 - mean squared local NCC``
+    (window 9, :func:`gemini_dcl.losses.gvs_loss`): (B, C, *S) pair -> (B,).
+    Lower is more similar."""
+    from .losses import gvs_loss
+
+    return torch.stack([gvs_loss(w[None], f[None]) for w, f in zip(warped, fixed)])
 
 
 def _check_pair(moving: torch.Tensor, fixed: torch.Tensor) -> None:
@@ -146,18 +188,23 @@ def register(
     expected = (moving.shape[0], moving.dim() - 2, *moving.shape[2:])
     if tuple(ddf.shape) != expected:
         raise ValueError(f"net.flow returned shape {tuple(ddf.shape)}, expected (B, ndim, *spatial) = {expected}")
-    jacobian = gemini_ops.jacobian_determinant(ddf)
+    warped = gemini_ops.warp(moving.to(ddf.dtype), ddf)
     result = RegistrationResult(
         ddf=ddf,
-        warped=gemini_ops.warp(moving.to(ddf.dtype), ddf),
-        jacobian=jacobian,
-        folding_fraction=(jacobian <= 0).flatten(1).to(ddf.dtype).mean(1),
+        warped=warped,
+        jacobian=gemini_ops.jacobian_determinant(ddf),
+        folding_fraction=torch.stack([gemini_ops.folding_fraction(d[None]) for d in ddf]).to(ddf.dtype),
+        gvs=gvs_value(warped, fixed.to(ddf.dtype)),
+        gvs_before=gvs_value(moving.to(ddf.dtype), fixed.to(ddf.dtype)),
     )
     if moving_label is not None:
         result.warped_label = warp_label(moving_label, ddf)
         if fixed_label is not None:
             k = num_classes or max(int(max(moving_label.max(), fixed_label.max())) + 1, 2)
             result.dice = dice_per_class(result.warped_label, fixed_label, k)
+            result.dice_linear = dice_per_class(warp_label_linear(moving_label, ddf, k), fixed_label, k)
             result.dice_before = dice_per_class(moving_label, fixed_label, k)
             result.mean_dice = result.dice.nanmean(1)
+            result.mean_dice_linear = result.dice_linear.nanmean(1)
+            result.mean_dice_before = result.dice_before.nanmean(1)
     return result

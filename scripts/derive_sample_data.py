@@ -7,10 +7,19 @@ the package never reads the source folder.
 MNI152: the T1 template and the grey/white-matter probability maps (1 mm,
 uint8) are cropped to the head (the template's non-zero region, which is
 brain plus surrounding CSF, 4 mm margin) and averaged over 2x2x2 blocks to
-2 mm. Tissue labels at 2 mm, with ``head`` the hole-filled non-zero region and
-``f`` its fraction per block: background where f < 0.5, else the argmax of
-(CSF = f - p_GM - p_WM, p_GM, p_WM) as 1 CSF, 2 GM, 3 WM. Chest X-rays: 8-bit
-grayscale, resized to 128x128 (Lanczos), same view/sex folders and names.
+2 mm. Structure labels (``gemini_dcl.sample_data.STRUCTURE_NAMES``) are made
+at 1 mm and then voted to 2 mm (the class with the largest share of each
+block; background where the hole-filled head covers < 0.5 of the block). At
+1 mm, with ``head`` the hole-filled non-zero region, CSF = head - p_GM - p_WM,
+the tissue of a voxel is the argmax of (CSF, p_GM, p_WM), and ``depth`` is
+the distance (mm) to the outside of the head:
+- ventricles: the CSF components of >= 500 voxels at depth > 22 mm, grown
+  by 3 voxels into CSF at depth > 12 mm; other CSF is extracerebral CSF;
+- deep grey matter: GM at depth > 22 mm inside the MNI box |x| < 34,
+  -42 < y < 28, -16 < z < 22 mm (caudate, putamen, pallidum, thalamus);
+- other GM (cortical) and WM are split into left (MNI x < 0) and right.
+Chest X-rays: 8-bit grayscale, resized to 128x128 (Lanczos), same view/sex
+folders and names.
 """
 
 from __future__ import annotations
@@ -23,21 +32,26 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from gemini_dcl.sample_data import NOTICE, TEMPLATE_IMAGE, TEMPLATE_LABEL, XRAY_DIR, save_nifti
+from gemini_dcl.sample_data import NOTICE, STRUCTURE_NAMES, TEMPLATE_IMAGE, TEMPLATE_LABEL, XRAY_DIR, save_nifti
 
 MNI = "mni152_2009a/mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 BLOCK = 2
 MARGIN = 4
+VENTRICLE_DEPTH_MM, VENTRICLE_GROW_DEPTH_MM, VENTRICLE_MIN_VOXELS, VENTRICLE_GROW = 22.0, 12.0, 500, 3
+DEEP_GM_DEPTH_MM = 22.0
+DEEP_GM_BOX_MM = ((-34.0, 34.0), (-42.0, 28.0), (-16.0, 22.0))
 XRAY_SIZE = 128
 
 NOTICE_TEXT = """# Notice: third-party data in gemini_dcl/data
 
 ## mni152/ (derived from the MNI ICBM 2009a template)
 
-Files: `mni152_2009a_t1_2mm.nii.gz` (T1-weighted template, 2 mm, cropped) and
-`mni152_2009a_tissue_2mm.nii.gz` (tissue labels 0 background, 1 CSF, 2 grey
-matter, 3 white matter, derived from the grey/white-matter probability maps),
-made by `scripts/derive_sample_data.py` from the ICBM 2009a nonlinear
+Files: `mni152_2009a_t1_2mm.nii.gz` (T1-weighted template, 2 mm voxels,
+cropped) and `mni152_2009a_structures_2mm.nii.gz` (2 mm labels 0 background,
+1 extracerebral CSF, 2 ventricles, 3 deep grey matter, 4/5 left/right
+cortical grey matter, 6/7 left/right white matter, derived from the
+grey/white-matter probability maps, tissue depth, MNI position and the
+midline; see the script's docstring), made by `scripts/derive_sample_data.py` from the ICBM 2009a nonlinear
 symmetric MNI152 template (files `mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz`
 as shipped in the `nilearn` wheel). Synthetic subjects written by
 `python -m gemini_dcl.sample_data` are derived from them too.
@@ -69,21 +83,55 @@ def _block_mean(vol: np.ndarray) -> np.ndarray:
     return vol.reshape(x, BLOCK, y, BLOCK, z, BLOCK).mean(axis=(1, 3, 5))
 
 
+def _structures(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """1 mm structure labels (values of ``STRUCTURE_NAMES``) from the T1 and the
+    GM/WM probabilities; see the module docstring."""
+    head = ndimage.binary_fill_holes(t1 > 0)
+    csf = np.clip(head - gm - wm, 0.0, 1.0)
+    tissue = np.stack([csf, gm, wm]).argmax(0)
+    is_csf, is_gm, is_wm = (head & (tissue == k) for k in range(3))
+    depth = ndimage.distance_transform_edt(head, sampling=np.linalg.norm(affine[:3, :3], axis=0))
+    parts, n = ndimage.label(is_csf & (depth > VENTRICLE_DEPTH_MM))
+    sizes = ndimage.sum_labels(np.ones_like(parts), parts, np.arange(1, n + 1))
+    ventricles = np.isin(parts, 1 + np.flatnonzero(sizes >= VENTRICLE_MIN_VOXELS))
+    ventricles = ndimage.binary_dilation(
+        ventricles, iterations=VENTRICLE_GROW, mask=is_csf & (depth > VENTRICLE_GROW_DEPTH_MM)
+    )
+    mm = np.stack(np.meshgrid(*[np.arange(n) for n in t1.shape], indexing="ij"), -1) @ affine[:3, :3].T + affine[:3, 3]
+    in_box = np.all([(mm[..., i] > lo) & (mm[..., i] < hi) for i, (lo, hi) in enumerate(DEEP_GM_BOX_MM)], axis=0)
+    deep_gm = is_gm & in_box & (depth > DEEP_GM_DEPTH_MM)
+    right = mm[..., 0] >= 0
+    names = {v: k for k, v in STRUCTURE_NAMES.items()}
+    label = np.zeros(t1.shape, np.uint8)
+    for name, mask in (
+        ("extracerebral_csf", is_csf & ~ventricles),
+        ("ventricles", ventricles),
+        ("left_cortical_gm", is_gm & ~deep_gm & ~right),
+        ("right_cortical_gm", is_gm & ~deep_gm & right),
+        ("deep_gm", deep_gm),
+        ("left_wm", is_wm & ~right),
+        ("right_wm", is_wm & right),
+    ):
+        label[mask] = names[name]
+    return label
+
+
 def derive_template(source: Path, out: Path) -> None:
-    """Write the 2 mm T1 and tissue labels under ``out/mni152``."""
+    """Write the 2 mm T1 and structure labels under ``out/mni152``."""
     t1_img = nib.load(source / MNI.format("t1"))
     t1 = np.asarray(t1_img.dataobj, dtype=np.float64)
     gm = np.asarray(nib.load(source / MNI.format("gm")).dataobj, dtype=np.float64) / 255.0
     wm = np.asarray(nib.load(source / MNI.format("wm")).dataobj, dtype=np.float64) / 255.0
+    label_1mm = _structures(t1, gm, wm, t1_img.affine)
     head = ndimage.binary_fill_holes(t1 > 0)
     idx = np.argwhere(head)
     lo = np.maximum(idx.min(0) - MARGIN, 0)
     hi = np.minimum(idx.max(0) + MARGIN + 1, head.shape)
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     t1_2mm = _block_mean(t1[crop])
-    gm_2mm, wm_2mm, head_2mm = (_block_mean(v[crop]) for v in (gm, wm, head.astype(np.float64)))
-    label = np.stack([head_2mm - gm_2mm - wm_2mm, gm_2mm, wm_2mm]).argmax(0) + 1
-    label[head_2mm < 0.5] = 0
+    votes = np.stack([_block_mean((label_1mm[crop] == v).astype(np.float64)) for v in sorted(STRUCTURE_NAMES)])
+    label = votes[1:].argmax(0) + 1
+    label[_block_mean(head[crop].astype(np.float64)) < 0.5] = 0
     # new voxel 0 is the centre of the first block: old index lo + (BLOCK - 1) / 2
     affine = t1_img.affine @ np.diag([BLOCK, BLOCK, BLOCK, 1.0])
     affine[:3, 3] = t1_img.affine[:3, :3] @ (lo + (BLOCK - 1) / 2) + t1_img.affine[:3, 3]

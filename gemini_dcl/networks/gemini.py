@@ -12,7 +12,9 @@ import gemini_ops
 
 from .blocks import UNetBase, UNetShallow, check_input, check_spatial_dims, conv_type, head, kaiming_init
 
-__all__ = ["GEMINI"]
+__all__ = ["GEMINI", "FLOW_INITS"]
+
+FLOW_INITS = ("kaiming", "small_normal")
 
 
 class GEMINI(nn.Module):
@@ -29,13 +31,17 @@ class GEMINI(nn.Module):
         deformer_channels: the 5 deformer widths (``Conv1..Conv5``).
         integration_steps: scaling-and-squaring steps of :meth:`flow`; 0 uses the
             deformer output as a plain displacement (the authors' way, which can fold).
-        flow_init: initialisation of the last deformer conv (``deformer.1``):
-            ``"kaiming"`` (the authors') or ``"small_normal"`` (weights N(0, 1e-5), bias 0).
+        flow_init: ``"kaiming"`` (the authors' init, Kaiming-normal on every
+            convolution including the final flow convolution ``deformer.1``) or
+            ``"small_normal"`` (VoxelMorph's: ``deformer.1`` weights N(0, 1e-5)
+            and zero bias, so the untrained deformer predicts near-identity
+            flows instead of random ones of about a voxel or more).
 
     Submodules (``state_dict`` prefixes): ``unet`` (backbone), ``deformer``
     (``deformer.0`` the shallow U-Net on concat(feat_a, feat_b), ``deformer.1``
     Conv(deformer_channels[-1] -> spatial_dims, k3 p1)), ``res_conv`` (head).
-    Convolutions start Kaiming-normal, as in the authors' code.
+    Convolutions start Kaiming-normal, as in the authors' code (except the
+    flow convolution with ``flow_init="small_normal"``).
 
     Shapes (``S`` any spatial size; the network pads internally and crops back):
         :meth:`features`: (B, in_channels, *S) -> (B, channels[-1], *S)
@@ -56,6 +62,8 @@ class GEMINI(nn.Module):
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
+        if flow_init not in FLOW_INITS:
+            raise ValueError(f"flow_init must be one of {FLOW_INITS}, got {flow_init!r}")
         if isinstance(integration_steps, bool) or not isinstance(integration_steps, int) or integration_steps < 0:
             raise ValueError(f"integration_steps must be an int >= 0, got {integration_steps!r}")
         self.in_channels = in_channels
@@ -68,16 +76,9 @@ class GEMINI(nn.Module):
         )
         self.res_conv = head(spatial_dims, self.feature_channels, out_channels)
         kaiming_init(self)
-        self._init_flow_conv(flow_init)
-
-    def _init_flow_conv(self, flow_init: str) -> None:
-        # "small_normal" starts the deformation near the identity (VoxelMorph's
-        # choice); "kaiming" is the authors' initialisation.
         if flow_init == "small_normal":
             nn.init.normal_(self.deformer[1].weight, 0.0, 1e-5)
             nn.init.zeros_(self.deformer[1].bias)
-        elif flow_init != "kaiming":
-            raise ValueError(f"flow_init must be 'kaiming' or 'small_normal', got {flow_init!r}")
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Per-voxel features: (B, in_channels, *S) -> (B, channels[-1], *S)."""

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import gemini_ops
-from gemini_dcl.figures import checkerboard, overlay_figure, registration_panel, training_curves
+from gemini_dcl.figures import checkerboard, experiment_figure, overlay_figure, registration_panel, training_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -79,3 +79,21 @@ def test_figures_bad_input(tmp_path):
         training_curves(tmp_path / "missing.csv", tmp_path / "x.png")
     with pytest.raises(ValueError, match="x_key"):
         training_curves({"loss": [1, 2]}, tmp_path / "x.png", x_key="epoch")
+
+
+def test_experiment_figure(tmp_path):
+    from gemini_dcl.experiment import paired_difference
+
+    rng = np.random.default_rng(1)
+    per_subject = {name: rng.random((3, 6)).tolist() for name in ("a", "b", "c")}
+    arms = {
+        name: {"seeds": [0, 1, 2], "mean_dice": np.mean(v, 1).tolist(), "per_subject_dice": v}
+        for name, v in per_subject.items()
+    }
+    comparisons = [{"a": "a", "b": "b", **paired_difference(per_subject["a"], per_subject["b"])}]
+    results = {"experiment": "semi", "settings": {"seeds": [0, 1, 2]}, "arms": arms, "comparisons": comparisons}
+    small = experiment_figure(results, tmp_path / "one" / "r.png")
+    assert_png(small)
+    arms.update({f"x{i}": arms["a"] for i in range(12)})
+    with Image.open(small) as a, Image.open(experiment_figure(results, tmp_path / "r2.png")) as b:
+        assert b.size[1] > a.size[1]  # one row per arm

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import gemini_ops
-from gemini_dcl.registration import dice_per_class, register, warp_label
+from gemini_dcl.losses import gvs_loss
+from gemini_dcl.registration import dice_per_class, gvs_value, register, warp_label, warp_label_linear
 
 
 class TranslationNet(torch.nn.Module):
@@ -63,6 +64,9 @@ def test_register_moves_moving_onto_fixed(shape):
     torch.testing.assert_close(res.dice, torch.ones(1, 2))
     assert (res.dice_before < 0.5).all()
     torch.testing.assert_close(res.mean_dice, torch.ones(1))
+    torch.testing.assert_close(res.mean_dice_linear, torch.ones(1))
+    torch.testing.assert_close(res.mean_dice_before, res.dice_before.nanmean(1))
+    assert float(res.gvs) < 0.5 * float(res.gvs_before)
     torch.testing.assert_close(res.jacobian, torch.ones(1, 1, *shape))
     assert res.folding_fraction.shape == (1,) and float(res.folding_fraction) == 0.0
 
@@ -113,3 +117,36 @@ def test_register_bad_input():
         register(net, torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), moving_label=torch.zeros(1, 2, 8, 8))
     with pytest.raises(ValueError, match="net.flow"):
         register(FixedFlowNet(torch.zeros(1, 3, 8, 8)), torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
+
+
+def test_warp_label_linear_integer_shift_and_half_voxel():
+    """An integer shift moves the map exactly (as nearest does); a half-voxel
+    shift of a thin stripe keeps the stripe, which nearest sampling can lose
+    or widen."""
+    label = torch.zeros(1, 1, 12, 10, dtype=torch.int64)
+    label[0, 0, 4:8, 3:7] = 1
+    label[0, 0, 5:7, 4:6] = 2
+    ddf = torch.zeros(1, 2, 12, 10)
+    ddf[:, 0] = 2.0
+    expected = torch.zeros_like(label)
+    expected[0, 0, 2:6, 3:7] = 1
+    expected[0, 0, 3:5, 4:6] = 2
+    torch.testing.assert_close(warp_label_linear(label, ddf, 3), expected)
+    torch.testing.assert_close(warp_label_linear(label, torch.zeros(1, 2, 12, 10), 3), label)
+    stripe = torch.zeros(1, 1, 12, 10, dtype=torch.int64)
+    stripe[0, 0, 6] = 1
+    half = torch.full((1, 2, 12, 10), 0.0)
+    half[:, 0] = 0.4
+    out = warp_label_linear(stripe, half, 2)
+    assert out.sum() == 10 and (out[0, 0, 6] == 1).all()
+
+
+def test_gvs_value_per_sample_matches_the_loss():
+    torch.manual_seed(0)
+    fixed = torch.rand(2, 1, 16, 14)
+    moving = torch.stack([fixed[0], torch.rand(1, 16, 14)])
+    out = gvs_value(moving, fixed)
+    assert out.shape == (2,)
+    for b in range(2):
+        torch.testing.assert_close(out[b], gvs_loss(moving[b : b + 1], fixed[b : b + 1]))
+    assert out[0] < 0.01 < 0.5 < out[1]
