@@ -166,6 +166,7 @@ class SegRegEvaluation:
                     "fixed": self.data[j]["image"],
                     "dice_before": _nanmean(result.dice_before[0].tolist()),
                     "dice_after": float(result.mean_dice[0]),
+                    "dice_after_linear": float(result.mean_dice_linear[0]),
                     "folding_percent": 100.0 * float(result.folding_fraction[0]),
                 }
             )
@@ -193,6 +194,7 @@ class SegRegEvaluation:
                 "pairs": len(reg_rows),
                 "mean_dice_before": _nanmean([r["dice_before"] for r in reg_rows]),
                 "mean_dice_after": _nanmean([r["dice_after"] for r in reg_rows]),
+                "mean_dice_after_linear": _nanmean([r["dice_after_linear"] for r in reg_rows]),
                 "folding_percent_mean": float(np.mean(folding)),
                 "folding_percent_max": float(np.max(folding)),
             }
@@ -290,6 +292,7 @@ class PairRegistration:
         if result.dice is not None:
             out["dice_before"] = _nanmean(result.dice_before[0].tolist())
             out["dice_after"] = float(result.mean_dice[0])
+            out["dice_after_linear"] = float(result.mean_dice_linear[0])
         (self.output_dir / "registration.json").write_text(json.dumps(_json_safe(out), indent=2) + "\n")
         logger.info(f"registration: {json.dumps(_json_safe(out))}")
         return out

@@ -213,8 +213,7 @@ class GVSL(nn.Module):
             raise ValueError(f"moving {list(moving.shape)} and fixed {list(fixed.shape)} must have the same shape")
         shape = list(moving.shape[2:])
         # the encoders run under the caller's autocast; the geometric tail in
-        # float32 (the fused warp takes only float32 on the CPU, and the affine
-        # and the integration lose accuracy in half precision)
+        # float32 (the affine and the integration lose accuracy in half precision)
         bottleneck_moving, feat_moving = self.encode(moving)
         bottleneck_fixed, feat_fixed = self.encode(fixed)
         out: dict[str, torch.Tensor | None] = dict.fromkeys(("theta", "affine_ddf", "flow", "ddf", "warped"))

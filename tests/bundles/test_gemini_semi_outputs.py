@@ -45,10 +45,10 @@ def test_evaluate(trained_bundle: Path, tiny_data: Path) -> None:
     assert summary["registration"]["pairs"] == len(reg_rows) == n_test * (n_test - 1)
     for r in reg_rows:
         assert 0 <= float(r["dice_before"]) <= 1 and 0 <= float(r["dice_after"]) <= 1
+        assert 0 <= float(r["dice_after_linear"]) <= 1
         assert 0 <= float(r["folding_percent"]) <= 100
-    assert summary["registration"]["mean_dice_after"] == pytest.approx(
-        np.mean([float(r["dice_after"]) for r in reg_rows])
-    )
+    for key in ("dice_after", "dice_after_linear"):
+        assert summary["registration"][f"mean_{key}"] == pytest.approx(np.mean([float(r[key]) for r in reg_rows]))
 
 
 def test_inference_keeps_affine_and_shape(trained_bundle: Path, tiny_data: Path, tmp_path: Path) -> None:

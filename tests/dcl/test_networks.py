@@ -165,7 +165,7 @@ def test_flow_init(spatial_dims):
     shape = SHAPES[spatial_dims]
     feat = torch.randn(1, CH[-1], *shape)
     assert float(small.flow(feat, feat.flip(0)).abs().max()) < 1e-2
-    with pytest.raises(ValueError, match="flow_init must be 'kaiming' or 'small_normal', got 'zeros'"):
+    with pytest.raises(ValueError, match=r"flow_init must be one of \('kaiming', 'small_normal'\), got 'zeros'"):
         small_gemini(spatial_dims, flow_init="zeros")
 
 
