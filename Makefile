@@ -21,7 +21,7 @@ test: install
 	$(PYTHON) -m pytest -q --durations=15
 
 demo: install
-	$(PYTHON) -m gemini_dcl.demo
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m gemini_dcl.demo
 
 # e.g. make bench BENCH_ARGS="--paths avx2 avx512 --threads 2 1 --busy-core"
 BENCH_ARGS ?=
