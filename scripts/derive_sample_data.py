@@ -2,7 +2,11 @@
 (MNI152 2009a template, NIH ChestX-ray14 PNGs). Run once by the maintainers;
 the package never reads the source folder.
 
-    python scripts/derive_sample_data.py [--source /work/shared/data] [--out gemini_dcl/data]
+    python scripts/derive_sample_data.py --source SRC [--out gemini_dcl/data]
+
+SRC holds ``mni152_2009a/`` (the three ``mni_icbm152_*_tal_nlin_sym_09a_converted.nii.gz``
+files shipped in the ``nilearn`` wheel, ``nilearn/datasets/data/``) and
+``chestxray/<VIEW>_<SEX>/*.png`` (NIH ChestX-ray14 frontal images).
 
 MNI152: the T1 template and the grey/white-matter probability maps (1 mm,
 uint8) are cropped to the head (the template's non-zero region, which is
@@ -152,7 +156,7 @@ def derive_xrays(source: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", type=Path, default=Path("/work/shared/data"))
+    parser.add_argument("--source", type=Path, required=True, help="folder with mni152_2009a/ and chestxray/")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "gemini_dcl" / "data")
     args = parser.parse_args()
     derive_template(args.source, args.out)
