@@ -1,7 +1,7 @@
 """Time gemini_ops against MONAI and the plain PyTorch composition, side by side.
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--sizes 64 96 128 | --size D H W] [--threads 2 1]
-                                   [--paths avx2 avx512] [--cases integrate warp gss ncc]
+                                   [--paths avx2 avx512] [--cases integrate warp gss ncc step]
                                    [--channels C] [--repeats N] [--composition] [--busy-core]
                                    [--json out.json]
 
@@ -13,6 +13,10 @@ and MONAI / this row, computed from the min times of this run. ``--paths``
 measures our CPU kernels on each forced instruction set (see
 GEMINI_CPU_CAPABILITY in csrc/cpu/capability.h) next to the same MONAI rows.
 Displacements and velocities are smooth random fields (max |u| 4 voxels).
+
+``--cases step`` prints one squaring step's forward against the memory
+floor (reading and writing the field once at the bandwidth of a 256 MiB copy,
+same thread count; target <= 4x).
 
 ``--busy-core`` keeps one core busy with a spinning process during the
 measurements (a shared workstation or CI runner), and also times ours on one
@@ -47,7 +51,7 @@ import torch.nn.functional as F  # noqa: E402
 import gemini_ops  # noqa: E402
 from gemini_ops import reference  # noqa: E402
 
-CASES = ("integrate", "warp", "gss", "ncc")
+CASES = ("integrate", "warp", "gss", "ncc", "step")
 PATHS = ("default", "avx2", "avx512")
 
 
@@ -209,6 +213,27 @@ def cases(size, channels: int, device: str, wanted: tuple, composition: bool):
         yield "local NCC (window 9)", impls
 
 
+def squaring_step_vs_floor(size, device: str, repeats: int) -> tuple[float, float]:
+    """(ms of one squaring step's forward, ms of the memory floor): the step
+    is the marginal cost (t(7 steps) - t(1 step)) / 6 of the integration
+    forward; the floor is the time to move the bytes a step must move (read
+    the field once, write one) at the main-memory bandwidth of a copy of a
+    buffer larger than the caches, at the same thread count."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 3, *size, generator=gen)
+    for _ in range(3):
+        x = F.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False)
+    v = (x * (4.0 / x.abs().max())).to(device)
+    big = torch.empty(2**26, device=device)  # 256 MiB
+    big_out = torch.empty_like(big)
+    with torch.no_grad():
+        t7 = timings(lambda: gemini_ops.integrate_velocity(v, 7), device, repeats)[0]
+        t1 = timings(lambda: gemini_ops.integrate_velocity(v, 1), device, repeats)[0]
+        copy = timings(lambda: big_out.copy_(big), device, repeats)[0]
+    bytes_per_ms = 2 * big.numel() * big.element_size() / copy
+    return (t7 - t1) / 6, 2 * v.numel() * v.element_size() / bytes_per_ms
+
+
 def _spin() -> None:
     while True:
         pass
@@ -282,6 +307,22 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for threads in args.threads:
+            if "step" in args.cases:
+                torch.set_num_threads(threads)
+                print(
+                    f"\n## one squaring step's forward vs the memory floor, {'x'.join(map(str, size))}, {threads} thread(s)"
+                )
+                print(
+                    "| impl | step ms | floor ms (2 x field bytes at copy bandwidth) | step ÷ floor |\n|---|---|---|---|"
+                )
+                for p in paths:
+                    if args.device == "cpu" and ops is not None:
+                        ops.set_cpu_capability(p)
+                    step, floor = squaring_step_vs_floor(size, args.device, args.repeats)
+                    print(f"| ours ({p}) | {step:.2f} | {floor:.2f} | {step / floor:.1f}x |", flush=True)
+                    rows.append(dict(case="step", impl=p, size=size, threads=threads, step_ms=step, floor_ms=floor))
+                if ops is not None:
+                    ops.set_cpu_capability(active)
             for name, impls in cases(size, args.channels, args.device, tuple(args.cases), args.composition):
                 print(f"\n## {name}, {'x'.join(map(str, size))}, {threads} thread(s), load {os.getloadavg()[0]:.2f}")
                 header = (

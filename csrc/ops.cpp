@@ -9,8 +9,13 @@ void define_schemas(torch::Library& m) {
   m.def(
       "warp_backward(Tensor grad, Tensor image, Tensor ddf, str mode, str padding_mode, bool image_grad, "
       "bool ddf_grad) -> (Tensor, Tensor)");
-  m.def("integrate_velocity(Tensor velocity, int steps, str padding_mode) -> Tensor");
-  m.def("integrate_velocity_backward(Tensor grad, Tensor velocity, int steps, str padding_mode) -> Tensor");
+  m.def("integrate_velocity(Tensor velocity, int num_steps, str padding_mode) -> Tensor");
+  m.def(
+      "integrate_velocity_with_fields(Tensor velocity, int num_steps, int every, str padding_mode) -> "
+      "(Tensor, Tensor)");
+  m.def(
+      "integrate_velocity_backward(Tensor grad, Tensor velocity, Tensor fields, int num_steps, int every, "
+      "str padding_mode) -> Tensor");
   m.def(
       "gss(Tensor feat_moving, Tensor feat_fixed, Tensor ddf, float eps, float scale_moving, float scale_fixed, "
       "float scale_ddf) -> (Tensor, Tensor)");

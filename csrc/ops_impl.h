@@ -1,6 +1,7 @@
 // The torch side of every op, written once and instantiated per backend:
-// argument checks, output allocation, dtype dispatch, and the host loops of
-// velocity integration (forward, and a checkpointed backward).
+// argument checks (ValueError / TypeError naming the argument), output
+// allocation, dtype dispatch, and the host loops of velocity integration
+// (forward, and a backward from saved or recomputed fields).
 //
 // Policy provides: Guard (device guard from a tensor), stream(tensor),
 // kHalfTypes (dispatch half types too), kCpuScratch (the CPU GSS backward's
@@ -23,13 +24,13 @@ namespace gemini {
 inline int parse_mode(c10::string_view mode) {
   if (mode == "bilinear") return kBilinear;
   if (mode == "nearest") return kNearest;
-  TORCH_CHECK(false, "gemini: mode must be 'bilinear' or 'nearest', got '", std::string(mode), "'");
+  TORCH_CHECK_VALUE(false, "gemini: mode must be 'bilinear' or 'nearest', got '", std::string(mode), "'");
 }
 
 inline int parse_padding(c10::string_view padding) {
   if (padding == "zeros") return kZeros;
   if (padding == "border") return kBorder;
-  TORCH_CHECK(false, "gemini: padding_mode must be 'zeros' or 'border', got '", std::string(padding), "'");
+  TORCH_CHECK_VALUE(false, "gemini: padding_mode must be 'zeros' or 'border', got '", std::string(padding), "'");
 }
 
 inline Geometry geometry_of(const at::Tensor& t) {
@@ -42,17 +43,17 @@ inline Geometry geometry_of(const at::Tensor& t) {
 }
 
 inline void check_volume(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4 || t.dim() == 5, "gemini: ", name, " must be (B, C, H, W) or (B, C, D, H, W), got ",
+  TORCH_CHECK_VALUE(t.dim() == 4 || t.dim() == 5, "gemini: ", name, " must be (B, C, H, W) or (B, C, D, H, W), got ",
               t.sizes());
-  TORCH_CHECK(t.numel() > 0, "gemini: ", name, " is empty: ", t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "gemini: ", name, " must be floating point, got ",
+  TORCH_CHECK_VALUE(t.numel() > 0, "gemini: ", name, " is empty: ", t.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "gemini: ", name, " must be floating point, got ",
               t.scalar_type());
 }
 
 inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
-  TORCH_CHECK(t.device() == ref.device(), "gemini: ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "gemini: ", name, " is on ", t.device(), " but ", ref_name, " is on ",
               ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "gemini: ", name, " has dtype ", t.scalar_type(), " but ",
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "gemini: ", name, " has dtype ", t.scalar_type(), " but ",
               ref_name, " has ", ref.scalar_type());
 }
 
@@ -61,7 +62,7 @@ inline void check_field(const at::Tensor& field, const char* name, const at::Ten
   check_like(field, name, ref, ref_name);
   bool ok = field.dim() == ref.dim() && field.size(0) == ref.size(0) && field.size(1) == ref.dim() - 2;
   for (int64_t k = 2; ok && k < ref.dim(); ++k) ok = field.size(k) == ref.size(k);
-  TORCH_CHECK(ok, "gemini: ", name, " must be (B, ndim, *spatial) matching ", ref_name, " ", ref.sizes(), ", got ",
+  TORCH_CHECK_VALUE(ok, "gemini: ", name, " must be (B, ndim, *spatial) matching ", ref_name, " ", ref.sizes(), ", got ",
               field.sizes());
 }
 
@@ -129,7 +130,7 @@ struct Ops {
     check_volume(image_, "image");
     check_field(ddf_, "ddf", image_, "image");
     check_like(grad_, "grad", image_, "image");
-    TORCH_CHECK(grad_.sizes() == image_.sizes(), "gemini: grad must have the image's shape ", image_.sizes(),
+    TORCH_CHECK_VALUE(grad_.sizes() == image_.sizes(), "gemini: grad must have the image's shape ", image_.sizes(),
                 ", got ", grad_.sizes());
     typename Policy::Guard guard(image_);
     const at::Tensor image = image_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
@@ -152,135 +153,165 @@ struct Ops {
   }
 
   // ---- scaling and squaring: u <- u + u o (id + u) ----
+  // The fields u_k live in the working dtype (float for half types), which
+  // is its own accumulation type; the squaring kernels run on it only.
+
+  template <typename F>
+  static void dispatch_work(at::ScalarType t, F&& f) {
+    AT_DISPATCH_FLOATING_TYPES(t, "gemini integrate", [&] { f(scalar_t{}); });
+  }
+
+  template <typename K>
+  static SquareArgs<K> square_args(const at::Tensor& u, int padding) {
+    SquareArgs<K> a;
+    a.geo = geometry_of(u);
+    a.padding = padding;
+    a.field = cptr<K>(u);
+    a.num_threads = at::get_num_threads();
+    return a;
+  }
 
   // One squaring step from u into out (both contiguous, the working dtype).
-  static void square(const at::Tensor& u, at::Tensor& out, int padding) {
-    dispatch(u.scalar_type(), [&](auto tag) {
+  static void square(const at::Tensor& u, const at::Tensor& out, int padding) {
+    dispatch_work(u.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
-      WarpArgs<K> a = warp_args<K>(u, u, kBilinear, padding);
-      a.base = cptr<K>(u);
+      SquareArgs<K> a = square_args<K>(u, padding);
       a.out = mptr<K>(out);
-      Backend::warp_forward(a, Policy::stream(u));
+      Backend::square_forward(a, Policy::stream(u));
     });
   }
 
-  // d loss / d u of one squaring step: g + g . d(u o (id + u))/du, into out.
-  static void square_backward(const at::Tensor& g, const at::Tensor& u, at::Tensor& out, int padding) {
-    dispatch(u.scalar_type(), [&](auto tag) {
+  // d loss / d u of one squaring step from d loss / d out = g, into out.
+  static void square_backward(const at::Tensor& g, const at::Tensor& u, const at::Tensor& out, int padding) {
+    dispatch_work(u.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
-      WarpArgs<K> a = warp_args<K>(u, u, kBilinear, padding);
+      SquareArgs<K> a = square_args<K>(u, padding);
       a.grad = cptr<K>(g);
-      a.grad_ddf_base = cptr<K>(g);
-      a.grad_ddf = mptr<K>(out);
-      // the working dtype is its own accumulation type (half types work in float)
-      a.grad_image = reinterpret_cast<acc_t<K>*>(mptr<K>(out));
-      Backend::warp_backward(a, Policy::stream(u));
+      a.grad_field = mptr<K>(out);
+      Backend::square_backward(a, Policy::stream(u));
     });
   }
 
-  static at::Tensor integrate_velocity(const at::Tensor& velocity, int64_t steps, c10::string_view padding) {
+  static void check_integrate(const at::Tensor& velocity, int64_t num_steps) {
     check_field(velocity, "velocity", velocity, "velocity");
-    TORCH_CHECK(steps >= 0, "gemini: steps must be >= 0, got ", steps);
-    const int p = parse_padding(padding);
-    typename Policy::Guard guard(velocity);
-    if (steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
-    const at::ScalarType work = acc_dtype(velocity.scalar_type());
-    at::Tensor u = velocity.to(work).contiguous().mul(std::ldexp(1.0, -static_cast<int>(steps)));
-    at::Tensor next = at::empty_like(u);
-    for (int64_t k = 0; k < steps; ++k) {
-      square(u, next, p);
-      std::swap(u, next);
-    }
-    return u.to(velocity.scalar_type());
+    TORCH_CHECK_VALUE(num_steps >= 0, "gemini: num_steps must be >= 0, got ", num_steps);
   }
 
-  // Up to this many steps the backward recomputes the fields once and keeps
-  // them all (steps + 1 fields at the peak, a third of MONAI's DVF2DDF at 7
-  // steps); beyond, it keeps ~2 sqrt(steps) and recomputes twice.
-  static constexpr int64_t kKeepAllSteps = 8;
-
-  static at::Tensor integrate_backward_keep_all(const at::Tensor& grad, const at::Tensor& velocity, int64_t steps,
-                                                int p, at::ScalarType work, double scale) {
-    const at::Tensor v = velocity.to(work).contiguous();
-    std::vector<at::Tensor> level(steps);
-    level[0] = at::mul(v, scale);
-    for (int64_t k = 1; k < steps; ++k) {
-      level[k] = at::empty_like(v);
-      square(level[k - 1], level[k], p);
-    }
-    at::Tensor g = grad.to(work).contiguous();  // never written: it may be autograd's
-    at::Tensor out = at::empty_like(v);
-    for (int64_t j = steps - 1; j >= 0; --j) {
-      square_backward(g, level[j], out, p);
-      g = out;
-      out = level[j];  // done with: the next step's output
-      level[j] = at::Tensor();
-    }
-    g.mul_(scale);
-    return g.to(velocity.scalar_type());
+  // u_0 = velocity / 2^num_steps in the working dtype
+  static at::Tensor first_level(const at::Tensor& velocity, int64_t num_steps) {
+    return velocity.to(acc_dtype(velocity.scalar_type())).contiguous().mul(std::ldexp(1.0, -static_cast<int>(num_steps)));
   }
 
-  // Keeps only every L-th field (L ~ sqrt(steps)) from a first recomputation,
-  // then recomputes each segment of L fields from its checkpoint while going
-  // backwards: ~2 sqrt(steps) fields alive instead of steps.
-  static at::Tensor integrate_velocity_backward(const at::Tensor& grad, const at::Tensor& velocity, int64_t steps,
-                                                c10::string_view padding) {
-    check_field(velocity, "velocity", velocity, "velocity");
-    check_like(grad, "grad", velocity, "velocity");
-    TORCH_CHECK(grad.sizes() == velocity.sizes(), "gemini: grad must have the velocity's shape ",
-                velocity.sizes(), ", got ", grad.sizes());
-    TORCH_CHECK(steps >= 0, "gemini: steps must be >= 0, got ", steps);
-    const int p = parse_padding(padding);
-    typename Policy::Guard guard(velocity);
-    if (steps == 0) return grad.clone(at::MemoryFormat::Contiguous);
-    const at::ScalarType work = acc_dtype(velocity.scalar_type());
-    const double scale = std::ldexp(1.0, -static_cast<int>(steps));
-    if (steps <= kKeepAllSteps) return integrate_backward_keep_all(grad, velocity, steps, p, work, scale);
-    const int64_t seg = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(steps))));
-    const int64_t nseg = (steps + seg - 1) / seg;
-    const at::Tensor v = velocity.to(work).contiguous();
-
-    // checkpoints at levels seg, 2 seg, ...; level 0 is v * scale, recomputed
-    std::vector<at::Tensor> ckpt(nseg);
-    std::vector<at::Tensor> work_bufs(std::max<int64_t>(seg - 1, 2));
-    for (auto& b : work_bufs) b = at::empty_like(v);
-    at::Tensor spare = nseg > 1 ? at::Tensor() : at::empty_like(v);  // level 0 of the first segment
-    at::Tensor cur = work_bufs[0];
-    at::mul_out(cur, v, scale);
-    for (int64_t k = 0; k < (nseg - 1) * seg; ++k) {
-      const bool keep = (k + 1) % seg == 0;
-      at::Tensor dst = keep ? at::empty_like(v) : work_bufs[cur.is_same(work_bufs[0]) ? work_bufs.size() - 1 : 0];
-      square(cur, dst, p);
-      if (keep) ckpt[(k + 1) / seg] = dst;
-      cur = dst;
-    }
-
-    at::Tensor g = grad.to(work).contiguous();  // never written: it may be autograd's
-    at::Tensor gbuf[2] = {at::empty_like(v), at::empty_like(v)};
-    int w = 0;
-    std::vector<at::Tensor> level(seg);
-    for (int64_t s = nseg - 1; s >= 0; --s) {
-      const int64_t first = s * seg, count = std::min(seg, steps - first);
-      if (s == 0) {
-        level[0] = spare;
-        at::mul_out(level[0], v, scale);
+  // `steps` squarings from `first`: level k (k squarings) goes to `last`
+  // when k == steps and `last` is defined; otherwise the levels at multiples
+  // of `every` are kept, in order, in one contiguous (count, *first) tensor,
+  // which is returned. Levels in between live in two scratch fields.
+  static at::Tensor squarings(const at::Tensor& first, int64_t steps, int64_t every, const at::Tensor& last,
+                              int p) {
+    const int64_t kept = last.defined() ? std::max<int64_t>(steps - 1, 0) / every : steps / every;
+    std::vector<int64_t> shape{kept};
+    for (int64_t s : first.sizes()) shape.push_back(s);
+    at::Tensor fields = at::empty(shape, first.options()), scratch[2];
+    at::Tensor prev = first;
+    for (int64_t k = 1, w = 0; k <= steps; ++k) {
+      at::Tensor dst;
+      if (k == steps && last.defined()) {
+        dst = last;
+      } else if (k % every == 0) {
+        dst = fields[k / every - 1];
       } else {
-        level[0] = ckpt[s];
-      }
-      for (int64_t j = 1; j < count; ++j) {
-        level[j] = work_bufs[j - 1];
-        square(level[j - 1], level[j], p);
-      }
-      for (int64_t j = count - 1; j >= 0; --j) {
-        square_backward(g, level[j], gbuf[w], p);
-        g = gbuf[w];
+        if (!scratch[w].defined()) scratch[w] = at::empty_like(first);
+        dst = scratch[w];
         w ^= 1;
       }
-      if (s == 1) spare = ckpt[1];  // its memory serves as level 0 next
-      ckpt[s] = at::Tensor();
+      square(prev, dst, p);
+      prev = dst;
     }
-    g.mul_(scale);
+    return fields;
+  }
+
+  static at::Tensor integrate_velocity(const at::Tensor& velocity, int64_t num_steps, c10::string_view padding) {
+    check_integrate(velocity, num_steps);
+    const int p = parse_padding(padding);
+    typename Policy::Guard guard(velocity);
+    if (num_steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
+    const at::Tensor u0 = first_level(velocity, num_steps);
+    at::Tensor out = at::empty_like(u0);
+    squarings(u0, num_steps, num_steps, out, p);
+    return out.to(velocity.scalar_type());
+  }
+
+  // The forward for autograd: the displacement, and the levels u_every,
+  // u_2every, ... below num_steps ((num_steps - 1) / every fields), from
+  // which integrate_velocity_backward recomputes only the levels in between.
+  static std::tuple<at::Tensor, at::Tensor> integrate_velocity_with_fields(const at::Tensor& velocity,
+                                                                           int64_t num_steps, int64_t every,
+                                                                           c10::string_view padding) {
+    check_integrate(velocity, num_steps);
+    TORCH_CHECK_VALUE(every >= 1, "gemini: every must be >= 1, got ", every);
+    const int p = parse_padding(padding);
+    typename Policy::Guard guard(velocity);
+    const at::Tensor u0 = first_level(velocity, num_steps);
+    if (num_steps == 0) return {velocity.clone(at::MemoryFormat::Contiguous), squarings(u0, 0, every, u0, p)};
+    at::Tensor out = at::empty_like(u0);
+    at::Tensor fields = squarings(u0, num_steps, every, out, p);
+    return {out.to(velocity.scalar_type()), fields};
+  }
+
+  // Without saved fields, up to this many steps the backward recomputes every
+  // level and keeps them all; beyond, it keeps every ~sqrt(num_steps)-th
+  // and recomputes the ones in between again segment by segment.
+  static constexpr int64_t kKeepAllSteps = 8;
+
+  static at::Tensor integrate_velocity_backward(const at::Tensor& grad, const at::Tensor& velocity,
+                                                const at::Tensor& fields, int64_t num_steps, int64_t every,
+                                                c10::string_view padding) {
+    check_integrate(velocity, num_steps);
+    check_like(grad, "grad", velocity, "velocity");
+    TORCH_CHECK_VALUE(grad.sizes() == velocity.sizes(), "gemini: grad must have the velocity's shape ",
+                      velocity.sizes(), ", got ", grad.sizes());
+    TORCH_CHECK_VALUE(every >= 1, "gemini: every must be >= 1, got ", every);
+    const int p = parse_padding(padding);
+    typename Policy::Guard guard(velocity);
+    const bool saved = fields.numel() > 0;
+    if (saved) check_fields(fields, velocity, num_steps, every);
+    if (num_steps == 0) return grad.clone(at::MemoryFormat::Contiguous);
+    const at::Tensor u0 = first_level(velocity, num_steps);
+    if (!saved)
+      every = num_steps <= kKeepAllSteps ? 1
+                                         : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(num_steps))));
+    const int64_t count = (num_steps - 1) / every;
+    const at::Tensor ckpt = saved ? fields.contiguous() : squarings(u0, count * every, every, at::Tensor(), p);
+
+    // backwards segment by segment; g is only read (it may be autograd's), as
+    // are the checkpoints; the gradient alternates between two buffers
+    at::Tensor g = grad.to(u0.scalar_type()).contiguous();
+    at::Tensor buf[2] = {at::empty_like(u0), at::empty_like(u0)};
+    int w = 0;
+    for (int64_t s = count; s >= 0; --s) {
+      const at::Tensor first = s ? ckpt[s - 1] : u0;
+      const int64_t steps = std::min(every, num_steps - s * every);
+      const at::Tensor levels = squarings(first, steps - 1, 1, at::Tensor(), p);
+      for (int64_t j = steps - 1; j >= 0; --j, w ^= 1) {
+        square_backward(g, j ? levels[j - 1] : first, buf[w], p);
+        g = buf[w];
+      }
+    }
+    g.mul_(std::ldexp(1.0, -static_cast<int>(num_steps)));
     return g.to(velocity.scalar_type());
+  }
+
+  static void check_fields(const at::Tensor& fields, const at::Tensor& velocity, int64_t num_steps, int64_t every) {
+    std::vector<int64_t> shape{std::max<int64_t>(num_steps - 1, 0) / every};
+    for (int64_t s : velocity.sizes()) shape.push_back(s);
+    TORCH_CHECK_VALUE(fields.sizes() == at::IntArrayRef(shape),
+                      "gemini: fields must be empty or ((num_steps - 1) // every, *velocity.shape) = ",
+                      at::IntArrayRef(shape), ", got ", fields.sizes());
+    const at::ScalarType work = acc_dtype(velocity.scalar_type());
+    TORCH_CHECK_TYPE(fields.scalar_type() == work, "gemini: fields must have dtype ", work, ", got ",
+                     fields.scalar_type());
+    TORCH_CHECK_VALUE(fields.device() == velocity.device(), "gemini: fields is on ", fields.device(),
+                      " but velocity is on ", velocity.device());
   }
 
   // ---- GSS ----
@@ -301,7 +332,7 @@ struct Ops {
     check_volume(fm, "feat_moving");
     check_volume(ff, "feat_fixed");
     check_like(ff, "feat_fixed", fm, "feat_moving");
-    TORCH_CHECK(fm.sizes() == ff.sizes(), "gemini: feat_moving ", fm.sizes(), " and feat_fixed ", ff.sizes(),
+    TORCH_CHECK_VALUE(fm.sizes() == ff.sizes(), "gemini: feat_moving ", fm.sizes(), " and feat_fixed ", ff.sizes(),
                 " must have the same shape");
     check_field(ddf, "ddf", fm, "feat_moving");
   }
@@ -330,7 +361,7 @@ struct Ops {
                                                                      double scale_fixed, double scale_ddf) {
     check_gss(fm_, ff_, ddf_);
     check_like(grad_, "grad", fm_, "feat_moving");
-    TORCH_CHECK(grad_.numel() == fm_.numel() / fm_.size(1), "gemini: grad must be (B, 1, *spatial), got ",
+    TORCH_CHECK_VALUE(grad_.numel() == fm_.numel() / fm_.size(1), "gemini: grad must be (B, 1, *spatial), got ",
                 grad_.sizes());
     typename Policy::Guard guard(fm_);
     const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
@@ -363,8 +394,8 @@ struct Ops {
     check_volume(a, "a");
     check_volume(b, "b");
     check_like(b, "b", a, "a");
-    TORCH_CHECK(a.sizes() == b.sizes(), "gemini: a ", a.sizes(), " and b ", b.sizes(), " must have the same shape");
-    TORCH_CHECK(window >= 1 && window % 2 == 1, "gemini: window must be an odd int >= 1, got ", window);
+    TORCH_CHECK_VALUE(a.sizes() == b.sizes(), "gemini: a ", a.sizes(), " and b ", b.sizes(), " must have the same shape");
+    TORCH_CHECK_VALUE(window >= 1 && window % 2 == 1, "gemini: window must be an odd int >= 1, got ", window);
   }
 
   template <typename K>
@@ -407,7 +438,7 @@ struct Ops {
                                                                double eps, bool a_grad, bool b_grad) {
     check_ncc(a_, b_, window);
     check_like(grad_, "grad", a_, "a");
-    TORCH_CHECK(grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(), ", got ",
+    TORCH_CHECK_VALUE(grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(), ", got ",
                 grad_.sizes());
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous(), grad = grad_.contiguous();
@@ -430,6 +461,7 @@ struct Ops {
     m.impl("warp", &warp);
     m.impl("warp_backward", &warp_backward);
     m.impl("integrate_velocity", &integrate_velocity);
+    m.impl("integrate_velocity_with_fields", &integrate_velocity_with_fields);
     m.impl("integrate_velocity_backward", &integrate_velocity_backward);
     m.impl("gss", &gss);
     m.impl("gss_backward", &gss_backward);

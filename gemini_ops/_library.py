@@ -87,11 +87,17 @@ def _register(ns: str) -> None:
         return gi, gd
 
     @torch.library.register_fake(lib + "integrate_velocity")
-    def _(velocity, steps, padding_mode):
+    def _(velocity, num_steps, padding_mode):
         return velocity.new_empty(velocity.shape)
 
+    @torch.library.register_fake(lib + "integrate_velocity_with_fields")
+    def _(velocity, num_steps, every, padding_mode):
+        work = torch.float32 if velocity.dtype in (torch.float16, torch.bfloat16) else velocity.dtype
+        kept = max(num_steps - 1, 0) // max(every, 1)
+        return velocity.new_empty(velocity.shape), velocity.new_empty((kept, *velocity.shape), dtype=work)
+
     @torch.library.register_fake(lib + "integrate_velocity_backward")
-    def _(grad, velocity, steps, padding_mode):
+    def _(grad, velocity, fields, num_steps, every, padding_mode):
         return velocity.new_empty(velocity.shape)
 
     @torch.library.register_fake(lib + "gss")
@@ -133,16 +139,30 @@ def _register(ns: str) -> None:
 
     torch.library.register_autograd(lib + "warp", warp_bwd, setup_context=warp_setup)
 
+    # integrate_velocity's backward recomputes the fields; the forward of
+    # integrate_velocity_with_fields returns checkpoints for its backward.
     def integrate_setup(ctx, inputs, output):
-        velocity, steps, padding_mode = inputs
-        ctx.save_for_backward(velocity)
-        ctx.steps, ctx.padding_mode = steps, padding_mode
+        velocity, num_steps, padding_mode = inputs
+        ctx.save_for_backward(velocity, _empty(velocity))
+        ctx.num_steps, ctx.every, ctx.padding_mode = num_steps, 1, padding_mode
 
-    def integrate_bwd(ctx, grad):
-        (velocity,) = ctx.saved_tensors
-        return ops.integrate_velocity_backward(grad.contiguous(), velocity, ctx.steps, ctx.padding_mode), None, None
+    def integrate_with_fields_setup(ctx, inputs, output):
+        velocity, num_steps, every, padding_mode = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(velocity, output[1])
+        ctx.num_steps, ctx.every, ctx.padding_mode = num_steps, every, padding_mode
+
+    def integrate_bwd(ctx, grad, *_fields_grad):
+        velocity, fields = ctx.saved_tensors
+        grad_v = ops.integrate_velocity_backward(
+            grad.contiguous(), velocity, fields, ctx.num_steps, ctx.every, ctx.padding_mode
+        )
+        return (grad_v, *(None,) * (len(ctx.needs_input_grad) - 1))
 
     torch.library.register_autograd(lib + "integrate_velocity", integrate_bwd, setup_context=integrate_setup)
+    torch.library.register_autograd(
+        lib + "integrate_velocity_with_fields", integrate_bwd, setup_context=integrate_with_fields_setup
+    )
 
     def gss_setup(ctx, inputs, output):
         feat_moving, feat_fixed, ddf, eps, s_m, s_f, s_d = inputs

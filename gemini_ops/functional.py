@@ -23,6 +23,7 @@ propagate to the result like in any arithmetic.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Optional
@@ -52,6 +53,10 @@ BACKENDS = ("compiled", "emulated", "reference")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _HALF = (torch.float16, torch.bfloat16)
 _CHECK_FINITE = os.environ.get("GEMINI_OPS_CHECK_FINITE", "1") != "0"
+# When a gradient is needed the forward keeps every CHECKPOINT_EVERY-th
+# intermediate field of up to 8 squaring steps (every ~sqrt(num_steps)-th
+# beyond), and the backward recomputes only the fields in between.
+CHECKPOINT_EVERY = 2
 
 
 def set_finite_checks(enabled: bool) -> None:
@@ -198,9 +203,11 @@ def integrate_velocity(
     ``DVF2DDF``, bilinear): ``u = v / 2**num_steps``, then ``num_steps`` times
     ``u <- u + warp(u, u)``. ``velocity``: (B, ndim, *S); returns (B, ndim, *S).
     ``num_steps=0`` returns the velocity itself (a plain displacement).
-    ``padding_mode`` ``"zeros"`` or ``"border"`` run one fused op whose
-    backward recomputes the intermediate fields; ``"reflection"`` runs the
-    reference. ``steps`` is a deprecated alias of ``num_steps``.
+    ``padding_mode`` ``"zeros"`` or ``"border"`` run fused ops; ``"reflection"``
+    runs the reference. When a gradient is needed the forward keeps every
+    second intermediate field (every ~sqrt(num_steps)-th beyond 8 steps) and
+    the backward recomputes only the ones in between.
+    ``steps`` is a deprecated alias of ``num_steps``.
     """
     if steps is not None:
         warnings.warn("integrate_velocity(steps=...) is deprecated: use num_steps", DeprecationWarning, stacklevel=2)
@@ -212,6 +219,10 @@ def integrate_velocity(
     ops = _ops(backend)
     if ops is None or padding_mode not in FUSED_PADDINGS:
         return _restore(reference.integrate_velocity(velocity, num_steps, padding_mode), out_dtype)
+    if velocity.requires_grad and torch.is_grad_enabled():
+        every = CHECKPOINT_EVERY if num_steps <= 8 else math.ceil(math.sqrt(num_steps))
+        ddf, _checkpoints = ops.integrate_velocity_with_fields(velocity, num_steps, every, padding_mode)
+        return _restore(ddf, out_dtype)
     return _restore(ops.integrate_velocity(velocity, num_steps, padding_mode), out_dtype)
 
 

@@ -18,6 +18,7 @@ OPS = (
     "warp",
     "warp_backward",
     "integrate_velocity",
+    "integrate_velocity_with_fields",
     "integrate_velocity_backward",
     "gss",
     "gss_backward",

@@ -105,6 +105,14 @@ void CpuBackend::warp_backward(const WarpArgs<T>& a, void*) {
   isa::active_kernels().of<T>().warp_backward(a);
 }
 template <typename T>
+void CpuBackend::square_forward(const SquareArgs<T>& a, void*) {
+  isa::active_kernels().of<T>().warp_forward(square_as_warp(a));
+}
+template <typename T>
+void CpuBackend::square_backward(const SquareArgs<T>& a, void*) {
+  isa::active_kernels().of<T>().warp_backward(square_as_warp(a));
+}
+template <typename T>
 void CpuBackend::gss_forward(const GssArgs<T>& a, void*) {
   isa::active_kernels().of<T>().gss_forward(a);
 }
@@ -124,6 +132,8 @@ void CpuBackend::ncc_backward(const NccArgs<T>& a, void*) {
 #define GEMINI_INSTANTIATE(T)                                              \
   template void CpuBackend::warp_forward<T>(const WarpArgs<T>&, void*);  \
   template void CpuBackend::warp_backward<T>(const WarpArgs<T>&, void*); \
+  template void CpuBackend::square_forward<T>(const SquareArgs<T>&, void*); \
+  template void CpuBackend::square_backward<T>(const SquareArgs<T>&, void*); \
   template void CpuBackend::gss_forward<T>(const GssArgs<T>&, void*);    \
   template void CpuBackend::gss_backward<T>(const GssArgs<T>&, void*);   \
   template void CpuBackend::ncc_forward<T>(const NccArgs<T>&, void*);    \

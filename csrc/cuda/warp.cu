@@ -40,10 +40,25 @@ void GEMINI_BACKEND::warp_backward(const WarpArgs<T>& a, void* stream) {
   if (a.grad_image) GEMINI_LAUNCH_VOXELS(warp_backward_image_kernel, a, stream, "gemini warp_backward (image)");
 }
 
+template <typename T>
+void GEMINI_BACKEND::square_forward(const SquareArgs<T>& a, void* stream) {
+  warp_forward(square_as_warp(a), stream);
+}
+template <typename T>
+void GEMINI_BACKEND::square_backward(const SquareArgs<T>& a, void* stream) {
+  warp_backward(square_as_warp(a), stream);
+}
+
 #define GEMINI_INSTANTIATE(T)                                                 \
   template void GEMINI_BACKEND::warp_forward<T>(const WarpArgs<T>&, void*); \
   template void GEMINI_BACKEND::warp_backward<T>(const WarpArgs<T>&, void*);
 GEMINI_FOR_EACH_TYPE(GEMINI_INSTANTIATE)
 #undef GEMINI_INSTANTIATE
+
+// squaring steps run in the accumulation type only (float, double)
+template void GEMINI_BACKEND::square_forward<float>(const SquareArgs<float>&, void*);
+template void GEMINI_BACKEND::square_backward<float>(const SquareArgs<float>&, void*);
+template void GEMINI_BACKEND::square_forward<double>(const SquareArgs<double>&, void*);
+template void GEMINI_BACKEND::square_backward<double>(const SquareArgs<double>&, void*);
 
 }  // namespace gemini

@@ -184,11 +184,14 @@ def test_benchmark_runs_every_path(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_ops.py")
     out = tmp_path / "rows.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    cmd = [sys.executable, script, "--sizes", "10x12x14", "--repeats", "1", "--cases", "warp"]
+    cmd = [sys.executable, script, "--sizes", "10x12x14", "--repeats", "1", "--cases", "warp", "step"]
     cmd += ["--paths", *SUPPORTED, "--busy-core", "--json", str(out)]
     got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr
-    rows = json.loads(out.read_text())["rows"]
+    all_rows = json.loads(out.read_text())["rows"]
+    steps = [r for r in all_rows if r["case"] == "step"]
+    assert {r["impl"] for r in steps} == set(SUPPORTED) and all(r["floor_ms"] > 0 for r in steps)
+    rows = [r for r in all_rows if r["case"] != "step"]
     labels = {r["impl"] for r in rows}
     assert labels == {"MONAI", *(f"ours ({p})" for p in SUPPORTED)}
     assert all(r["busy_over_idle"] > 0 for r in rows if r["impl"] != "MONAI")

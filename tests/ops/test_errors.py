@@ -1,5 +1,6 @@
 """Bad input raises a clear error that names the argument, on every backend;
-the raw ops raise RuntimeError (never crash) when called directly."""
+the raw ops raise ValueError or TypeError naming the argument (never crash)
+when called directly."""
 
 from __future__ import annotations
 
@@ -260,50 +261,129 @@ def test_module_arguments():
 
 
 # ---------------------------------------------------------------- raw ops
+# (op, call, exception type, message): C++ raises ValueError for a bad value
+# or shape and TypeError for a bad dtype, like the Python wrappers.
 RAW = [
-    ("warp", lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 3, 5, 6), "bilinear", "zeros"), r"ddf must be \(B, ndim"),
-    ("warp", lambda ns: ns.warp(f64(2, 5, 6), f64(1, 2, 5, 6), "bilinear", "zeros"), r"image must be \(B, C, H, W\)"),
-    ("warp", lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 2, 5, 6), "cubic", "zeros"), r"mode must be"),
-    ("warp", lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 2, 5, 6), "bilinear", "wrap"), r"padding_mode must be"),
-    ("warp", lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 2, 5, 6).float(), "bilinear", "zeros"), r"ddf has dtype"),
+    (
+        "warp",
+        lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 3, 5, 6), "bilinear", "zeros"),
+        ValueError,
+        r"ddf must be \(B, ndim",
+    ),
+    (
+        "warp",
+        lambda ns: ns.warp(f64(2, 5, 6), f64(1, 2, 5, 6), "bilinear", "zeros"),
+        ValueError,
+        r"image must be \(B, C, H, W\)",
+    ),
+    ("warp", lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 2, 5, 6), "cubic", "zeros"), ValueError, r"mode must be"),
+    (
+        "warp",
+        lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 2, 5, 6), "bilinear", "wrap"),
+        ValueError,
+        r"padding_mode must be",
+    ),
+    (
+        "warp",
+        lambda ns: ns.warp(f64(1, 2, 5, 6), f64(1, 2, 5, 6).float(), "bilinear", "zeros"),
+        TypeError,
+        r"ddf has dtype",
+    ),
     (
         "warp",
         lambda ns: ns.warp(
             torch.ones(1, 2, 5, 6, dtype=torch.int64), torch.ones(1, 2, 5, 6, dtype=torch.int64), "bilinear", "zeros"
         ),
+        TypeError,
         r"floating",
     ),
-    ("warp", lambda ns: ns.warp(torch.zeros(1, 2, 0, 6), torch.zeros(1, 2, 0, 6), "bilinear", "zeros"), r"empty"),
+    (
+        "warp",
+        lambda ns: ns.warp(torch.zeros(1, 2, 0, 6), torch.zeros(1, 2, 0, 6), "bilinear", "zeros"),
+        ValueError,
+        r"empty",
+    ),
     (
         "warp_backward",
         lambda ns: ns.warp_backward(f64(1, 2, 5, 7), f64(1, 2, 5, 6), f64(1, 2, 5, 6), "bilinear", "zeros", True, True),
+        ValueError,
         r"grad must have the image's shape",
     ),
     (
         "integrate_velocity",
         lambda ns: ns.integrate_velocity(f64(1, 3, 5, 6), 3, "zeros"),
+        ValueError,
         r"velocity must be \(B, ndim",
     ),
-    ("integrate_velocity", lambda ns: ns.integrate_velocity(f64(1, 2, 5, 6), -2, "zeros"), r"steps must be >= 0"),
+    (
+        "integrate_velocity",
+        lambda ns: ns.integrate_velocity(f64(1, 2, 5, 6), -2, "zeros"),
+        ValueError,
+        r"num_steps must be >= 0",
+    ),
+    (
+        "integrate_velocity_with_fields",
+        lambda ns: ns.integrate_velocity_with_fields(f64(1, 2, 5, 6), 3, 1, "reflection"),
+        ValueError,
+        r"padding_mode must be",
+    ),
     (
         "integrate_velocity_backward",
-        lambda ns: ns.integrate_velocity_backward(f64(1, 2, 5, 5), f64(1, 2, 5, 6), 3, "zeros"),
+        lambda ns: ns.integrate_velocity_backward(f64(1, 2, 5, 5), f64(1, 2, 5, 6), f64(0), 3, 1, "zeros"),
+        ValueError,
         r"grad must have the velocity's shape",
     ),
-    ("gss", lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 3, 5, 6), f64(1, 2, 5, 6), 1e-8, 1.0, 1.0, 1.0), r"same shape"),
-    ("gss", lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 5), 1e-8, 1.0, 1.0, 1.0), r"ddf must be"),
+    (
+        "integrate_velocity_backward",
+        lambda ns: ns.integrate_velocity_backward(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(3, 1, 2, 5, 6), 3, 1, "zeros"),
+        ValueError,
+        r"fields must be empty or \(\(num_steps - 1\) // every, \*velocity.shape\)",
+    ),
+    (
+        "integrate_velocity_backward",
+        lambda ns: ns.integrate_velocity_backward(
+            f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(2, 1, 2, 5, 6).float(), 3, 1, "zeros"
+        ),
+        TypeError,
+        r"fields must have dtype",
+    ),
+    (
+        "integrate_velocity_with_fields",
+        lambda ns: ns.integrate_velocity_with_fields(f64(1, 2, 5, 6), 3, 0, "zeros"),
+        ValueError,
+        r"every must be >= 1",
+    ),
+    (
+        "gss",
+        lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 3, 5, 6), f64(1, 2, 5, 6), 1e-8, 1.0, 1.0, 1.0),
+        ValueError,
+        r"same shape",
+    ),
+    (
+        "gss",
+        lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 5), 1e-8, 1.0, 1.0, 1.0),
+        ValueError,
+        r"ddf must be",
+    ),
     (
         "gss_backward",
         lambda ns: ns.gss_backward(
             f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 6), 1e-8, 1.0, 1.0, 1.0
         ),
+        ValueError,
         r"grad must be \(B, 1",
     ),
-    ("local_ncc", lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 5, 6), 4, True, 1e-5), r"window must be an odd"),
-    ("local_ncc", lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 6, 6), 3, True, 1e-5), r"same shape"),
+    (
+        "local_ncc",
+        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 5, 6), 4, True, 1e-5),
+        ValueError,
+        r"window must be an odd",
+    ),
+    ("local_ncc", lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 6, 6), 3, True, 1e-5), ValueError, r"same shape"),
     (
         "local_ncc_backward",
         lambda ns: ns.local_ncc_backward(f64(1, 2, 5, 5), f64(1, 2, 5, 6), f64(1, 2, 5, 6), 3, True, 1e-5, True, True),
+        ValueError,
         r"grad must have the shape of a",
     ),
 ]
@@ -311,8 +391,8 @@ RAW = [
 
 @pytest.mark.parametrize("namespace", ["gemini", "gemini_emulated"])
 @pytest.mark.parametrize("case", RAW, ids=[f"{r[0]}-{i}" for i, r in enumerate(RAW)])
-def test_raw_ops_raise_runtime_error(namespace, case):
-    name, call, pattern = case
+def test_raw_ops_raise_typed_errors(namespace, case):
+    name, call, kind, pattern = case
     ns = getattr(torch.ops, namespace)
-    with pytest.raises(RuntimeError, match=pattern):
+    with pytest.raises(kind, match=pattern):
         call(ns)

@@ -36,10 +36,20 @@ def _opcheck_cases(ns):
         ("warp", ops.warp.default, (x, d, "bilinear", "zeros")),
         ("warp-nearest-border", ops.warp.default, (x, d, "nearest", "border")),
         ("integrate_velocity", ops.integrate_velocity.default, (v, 3, "border")),
+        ("integrate_velocity_with_fields", ops.integrate_velocity_with_fields.default, (v, 5, 2, "zeros")),
         ("gss", ops.gss.default, (x, y, d, 1e-8, 0.1, 0.1, 1.0)),
         ("local_ncc", ops.local_ncc.default, (x, y, 5, True, 1e-5)),
         ("warp_backward", ops.warp_backward.default, (g, x.detach(), d.detach(), "bilinear", "zeros", True, True)),
-        ("integrate_velocity_backward", ops.integrate_velocity_backward.default, (v.detach(), v.detach(), 2, "zeros")),
+        (
+            "integrate_velocity_backward",
+            ops.integrate_velocity_backward.default,
+            (v.detach(), v.detach(), v.new_empty(0), 2, 1, "zeros"),
+        ),
+        (
+            "integrate_velocity_backward-saved",
+            ops.integrate_velocity_backward.default,
+            (v.detach(), v.detach(), ops.integrate_velocity_with_fields(v.detach(), 5, 2, "zeros")[1], 5, 2, "zeros"),
+        ),
         ("gss_backward", ops.gss_backward.default, (g1, x.detach(), y.detach(), d.detach(), 1e-8, 1.0, 0.0, 1.0)),
         (
             "local_ncc_backward",

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #ifdef __CUDACC__
 #define GEMINI_HD __host__ __device__ __forceinline__
@@ -79,18 +80,59 @@ struct WarpArgs {
   int mode = 0, padding = 0;
   const T* image = nullptr;  // (B, C, *S)
   const T* ddf = nullptr;    // (B, ndim, *S)
-  // forward: out = base + warp(image, ddf); base may be null (a squaring
-  // step passes the field itself)
-  const T* base = nullptr;
   T* out = nullptr;
-  // backward: grad_ddf = grad_ddf_base + d/d ddf (written first, may be null),
-  // then grad_image += scatter (accumulated, may be null); the two may alias
+  // backward: grad_ddf = d/d ddf (written first, may be null), then
+  // grad_image += scatter (accumulated, may be null)
   const T* grad = nullptr;
   acc_t<T>* grad_image = nullptr;
   T* grad_ddf = nullptr;
-  const T* grad_ddf_base = nullptr;
   int num_threads = 1;       // CPU backends
+  // Set by square_as_warp only (a squaring step): out = base + warp(...);
+  // grad_ddf = grad_ddf_base + d/d ddf with grad_image aliasing grad_ddf.
+  const T* base = nullptr;
+  const T* grad_ddf_base = nullptr;
 };
+
+// One squaring step of scaling-and-squaring velocity integration on a field
+// u (B, ndim, *S): forward out = u + u o (id + u); backward
+// grad_field = grad + (d(u o (id + u))/du)^T grad. Always the working
+// (accumulation) type.
+template <typename T>
+struct SquareArgs {
+  Geometry geo;               // channels == ndim
+  int padding = 0;
+  const T* field = nullptr;   // u
+  T* out = nullptr;           // forward
+  const T* grad = nullptr;    // backward: d loss / d out
+  T* grad_field = nullptr;    // backward: d loss / d u, written
+  int num_threads = 1;        // CPU backends
+};
+
+// A squaring step is a warp of the field by itself plus the identity term,
+// so every backend runs it on its warp kernels; this is the one place that
+// says how (the base pointers, and the backward's gradient buffer holding
+// the displacement gradient first and then taking the scatter).
+template <typename T>
+GEMINI_HD WarpArgs<T> square_as_warp(const SquareArgs<T>& s) {
+  static_assert(std::is_same<acc_t<T>, T>::value, "squaring steps run in the accumulation type");
+  WarpArgs<T> a;
+  a.geo = s.geo;
+  a.mode = 0;  // bilinear
+  a.padding = s.padding;
+  a.image = s.field;
+  a.ddf = s.field;
+  a.num_threads = s.num_threads;
+  if (s.out) {
+    a.base = s.field;
+    a.out = s.out;
+  } else {
+    a.grad = s.grad;
+    a.grad_ddf_base = s.grad;
+    a.grad_ddf = s.grad_field;
+    a.grad_image = s.grad_field;
+  }
+  return a;
+}
 
 template <typename T>
 struct GssArgs {
@@ -134,6 +176,10 @@ struct NccArgs {
     static void warp_forward(const WarpArgs<T>& args, void* stream);   \
     template <typename T>                                              \
     static void warp_backward(const WarpArgs<T>& args, void* stream);  \
+    template <typename T>                                              \
+    static void square_forward(const SquareArgs<T>& args, void* stream); \
+    template <typename T>                                              \
+    static void square_backward(const SquareArgs<T>& args, void* stream); \
     template <typename T>                                              \
     static void gss_forward(const GssArgs<T>& args, void* stream);     \
     template <typename T>                                              \
