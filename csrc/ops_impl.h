@@ -235,10 +235,13 @@ struct Ops {
     const int p = parse_padding(padding);
     typename Policy::Guard guard(velocity);
     if (num_steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
-    const at::Tensor u0 = first_level(velocity, num_steps);
-    at::Tensor out = at::empty_like(u0);
-    squarings(u0, num_steps, num_steps, out, p);
-    return out.to(velocity.scalar_type());
+    // two fields in all: nothing is kept for a backward
+    at::Tensor u = first_level(velocity, num_steps), next = at::empty_like(u);
+    for (int64_t k = 0; k < num_steps; ++k) {
+      square(u, next, p);
+      std::swap(u, next);
+    }
+    return u.to(velocity.scalar_type());
   }
 
   // The forward for autograd: the displacement, and the levels u_every,
