@@ -124,21 +124,24 @@ struct BoxStage {
     }
   }
 
-  // After the last push: plane k's sums (k >= nz - r, in order), emit(y) per row.
+  // After the last push: emit(k, y) for the rows of the planes k >= nz - r,
+  // whose windows need no further plane.
   template <typename Emit>
-  void finish(int64_t k, Emit&& emit) {
-    if (k - r - 1 >= 0) {
-      const A* p = ring + ((k - r - 1) % (2 * r + 1)) * plane();
-      for (int64_t i = 0; i < plane(); ++i) zsum[i] -= static_cast<double>(p[i]);
+  void finish(Emit&& emit) {
+    for (int64_t k = nz - r > 0 ? nz - r : 0; k < nz; ++k) {
+      if (k - r - 1 >= 0) {
+        const A* p = ring + ((k - r - 1) % (2 * r + 1)) * plane();
+        for (int64_t i = 0; i < plane(); ++i) zsum[i] -= static_cast<double>(p[i]);
+      }
+      for (int64_t y = 0; y < ny; ++y) emit(k, y);
     }
-    for (int64_t y = 0; y < ny; ++y) emit(y);
   }
 
-  // Every push, then every finish: emit(k, y) for each row of each plane.
+  // Every plane, fill_of(z) giving push's fill: emit(k, y) for each row of each plane.
   template <typename FillOf, typename Emit>
   void run(const FillOf& fill_of, Emit&& emit) {
     for (int64_t z = 0; z < nz; ++z) push(z, fill_of(z), [&](int64_t y) { emit(z - r, y); });
-    for (int64_t k = nz - r > 0 ? nz - r : 0; k < nz; ++k) finish(k, [&](int64_t y) { emit(k, y); });
+    finish(emit);
   }
 };
 
@@ -169,7 +172,6 @@ struct CpuNcc {
     if (vols * tiles < nt) nt = static_cast<int>(vols * tiles);
   }
 
-  int64_t voxels() const { return nz * ny * nx; }
   int64_t at(int64_t v, int64_t z, int64_t y) const { return ((v * nz + z) * ny + y) * nx; }
 
   // count values of type E at offset `used` of the workspace ws, 64-byte
@@ -210,10 +212,10 @@ struct CpuNcc {
   auto products(int64_t v, int64_t z) const {
     const T* pa = a.a + at(v, z, 0);
     const T* pb = a.b + at(v, z, 0);
-    const int64_t w = nx;
-    return [pa, pb, w](int64_t y, int64_t j0, int64_t j1, double* q, int64_t stride) {
-      const T* ra = pa + y * w + j0;
-      const T* rb = pb + y * w + j0;
+    const int64_t row = nx;
+    return [pa, pb, row](int64_t y, int64_t j0, int64_t j1, double* q, int64_t stride) {
+      const T* ra = pa + y * row + j0;
+      const T* rb = pb + y * row + j0;
 #pragma omp simd
       for (int64_t j = 0; j < j1 - j0; ++j) {
         const double x = static_cast<double>(load<A>(ra[j])), u = static_cast<double>(load<A>(rb[j]));
@@ -306,8 +308,7 @@ struct CpuNcc {
         if (y == ny - 1) grads.push(k, dsums_row, [&](int64_t yy) { input_grads(k - r, yy); });
       };
       sums.run([&](int64_t z) { return products(v, z); }, sum_grads);
-      for (int64_t k = nz - r > 0 ? nz - r : 0; k < nz; ++k)
-        grads.finish(k, [&](int64_t y) { input_grads(k, y); });
+      grads.finish(input_grads);
     });
   }
 };
