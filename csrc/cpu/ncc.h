@@ -25,8 +25,10 @@ GEMINI_ISA_BEGIN
 namespace cpu {
 
 // Tiles narrower than this spend too much on short row loops and on the
-// 2r columns read beyond the tile (in the backward, summed twice).
-constexpr int64_t kMinTile = 32;
+// 2r columns read beyond the tile (in the backward, summed twice): at 64^3
+// and window 9, two 32-column tiles on two shared cores took longer than
+// one thread on the whole volume.
+constexpr int64_t kMinTile = 48;
 
 // Box sums along x of the five quantities of one row, for the columns
 // [c0, c1). fill(j0, j1, q, stride) writes quantity f of column j in
