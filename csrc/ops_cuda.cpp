@@ -30,6 +30,7 @@ struct CudaPolicy {
   static void* stream(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
   static constexpr bool kHalfTypes = true;
   static constexpr bool kCpuScratch = false;
+  static constexpr bool kNccBuffers = true;
 };
 
 }  // namespace gemini

@@ -5,7 +5,8 @@
 //
 // Policy provides: Guard (device guard from a tensor), stream(tensor),
 // kHalfTypes (dispatch half types too), kCpuScratch (the CPU GSS backward's
-// coefficient buffer).
+// coefficient buffer), kNccBuffers (the two full-size buffers of the NCC
+// passes; the CPU kernels fuse the passes and need none).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -418,7 +419,7 @@ struct Ops {
   }
 
   static at::Tensor ncc_buffer(const at::Tensor& a) {
-    return at::empty({5 * a.numel()}, a.options().dtype(acc_dtype(a.scalar_type())));
+    return at::empty({Policy::kNccBuffers ? 5 * a.numel() : 0}, a.options().dtype(acc_dtype(a.scalar_type())));
   }
 
   static at::Tensor local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window, bool squared, double eps) {
@@ -481,11 +482,14 @@ struct HostPolicy {
   static void* stream(const at::Tensor&) { return nullptr; }
   static constexpr bool kHalfTypes = false;
   static constexpr bool kCpuScratch = true;
+  static constexpr bool kNccBuffers = false;
 };
 
-// The emulated CUDA kernels scatter with atomics and need no coefficient buffer.
+// The emulated CUDA kernels scatter with atomics and need no coefficient
+// buffer; they run the NCC passes one by one, through the two buffers.
 struct EmulatedPolicy : HostPolicy {
   static constexpr bool kCpuScratch = false;
+  static constexpr bool kNccBuffers = true;
 };
 
 void define_schemas(torch::Library& m);

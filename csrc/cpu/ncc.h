@@ -1,130 +1,335 @@
-// CPU local NCC: gemini/ncc_plan.h gives the order of the passes.
+// CPU local NCC: the box passes of gemini/ncc_plan.h (x, then y, then z,
+// each summed in double and rounded to the accumulation type between
+// passes), fused so that no full-size intermediate exists.
 //
-// Box passes along an outer axis (y, z) run the running sums of a whole
-// block of contiguous x positions at once, in double, so the inner loops are
-// vector loops over x and read each row once. Passes along x run running
-// sums in double too, kLines lines interleaved so that their dependency
-// chains overlap. Each output equals box_line's (same additions, same order).
+// A work item is one volume's columns [x0, x1) (a tile) through all planes.
+// Plane by plane, the x pass (box_x5) and the y pass (a running sum) run
+// on a plane buffer, and each row they emit goes straight into the z pass:
+// a running z sum per voxel and a ring of the last `window` xy-summed
+// planes, whose oldest plane is subtracted as the newest replaces it. The
+// sums of plane z - r are then complete and are consumed at once (the
+// value, or the gradient of the sums). The backward runs a second such
+// pipeline on those gradients, r planes behind the first. The y and z
+// passes add in box_line's order; the x pass sums each window afresh, so
+// its double sums differ from box_line's by double rounding only.
 #pragma once
 
+#include <cstdlib>
+#include <new>
+
 #include "gemini/ncc_plan.h"
-#include "gemini/voxel_ops.h"
 #include "parallel.h"
 
 namespace gemini {
 GEMINI_ISA_BEGIN
 namespace cpu {
 
-// Contiguous x positions summed together by box_block (the double running
-// sums stay in L1), and lines interleaved by box_lines_x.
-constexpr int64_t kBlock = 256;
-constexpr int64_t kLines = 8;
+// Tiles narrower than this spend too much on short row loops and on the
+// 2r columns read beyond the tile (in the backward, summed twice): at 64^3
+// and window 9, two 32-column tiles on two shared cores took longer than
+// one thread on the whole volume.
+constexpr int64_t kMinTile = 48;
 
-// box_line for `width` neighbouring lines along an outer axis: line x starts
-// at in + x, its elements `stride` apart.
-template <typename A>
-void box_block(const A* in, A* out, int64_t len, int64_t stride, int64_t r, int64_t width) {
-  double acc[kBlock];
-  for (int64_t x = 0; x < width; ++x) acc[x] = 0;
-  for (int64_t j = 0; j <= r && j < len; ++j) {
-    const A* p = in + j * stride;
-    for (int64_t x = 0; x < width; ++x) acc[x] += static_cast<double>(p[x]);
+// Box sums along x of the five quantities of one row, for the columns
+// [c0, c1). fill(j0, j1, q, stride) writes quantity f of column j in
+// [j0, j1) (within [0, nx)) to q[f * stride + j - j0]; the sum of field f at
+// column i lands at out[f * (c1 - c0) + i - c0]. A running sum along x is
+// one serial chain of additions per row; instead each window is summed in
+// double from sums of 1, 2, 4, ... neighbours (log2(window) passes over the
+// row), loops that vectorise along x. Each pass runs over all five fields
+// before the next reads them unaligned: a load that straddles stores still
+// in flight stalls. q: 10 * (c1 - c0) + 10 * r doubles.
+template <typename A, typename Fill>
+inline void box_x5(const Fill& fill, int64_t nx, int64_t c0, int64_t c1, int64_t r, A* out, double* q) {
+  const int64_t width = c1 - c0, len = width + 2 * r, lo = c0 - r, w = 2 * r + 1;
+  const int64_t k0 = lo < 0 ? -lo : 0, k1 = nx - lo < len ? nx - lo : len;
+  fill(lo + k0, lo + k1, q + k0, len);
+  for (int f = 0; f < 5; ++f) {  // zeros outside the volume
+    for (int64_t k = 0; k < k0; ++k) q[f * len + k] = 0;
+    for (int64_t k = k1; k < len; ++k) q[f * len + k] = 0;
   }
-  for (int64_t i = 0; i < len; ++i) {
-    A* o = out + i * stride;
-    for (int64_t x = 0; x < width; ++x) o[x] = static_cast<A>(acc[x]);
-    if (i + r + 1 < len) {
-      const A* p = in + (i + r + 1) * stride;
-      for (int64_t x = 0; x < width; ++x) acc[x] += static_cast<double>(p[x]);
+  // p[k] holds the sum of `span` columns from lo + k; the window is the spans of w's bits
+  double* res = q + 5 * len;
+  int64_t offset = 0;
+  for (int64_t span = 1; span <= w; span *= 2) {
+    for (int f = 0; f < 5; ++f) {
+      double* p = q + f * len;
+      double* s = res + f * width;
+      if ((w & span) && offset == 0)
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) s[i] = p[i];
+      else if (w & span)
+#pragma omp simd
+        for (int64_t i = 0; i < width; ++i) s[i] += p[i + offset];
+      if (2 * span <= w)
+#pragma omp simd
+        for (int64_t k = 0; k <= len - 2 * span; ++k) p[k] += p[k + span];  // reads ahead: safe in place
     }
-    if (i - r >= 0) {
-      const A* p = in + (i - r) * stride;
-      for (int64_t x = 0; x < width; ++x) acc[x] -= static_cast<double>(p[x]);
-    }
+    if (w & span) offset += span;
   }
+#pragma omp simd
+  for (int64_t i = 0; i < 5 * width; ++i) out[i] = static_cast<A>(res[i]);
 }
 
-// box_line for `count` <= kLines contiguous lines of len elements, one after another.
+// One stage of box sums over the planes of a tile of `width` columns and ny
+// rows; a row holds its five fields one after another (5 * width values).
 template <typename A>
-void box_lines_x(const A* in, A* out, int64_t count, int64_t len, int64_t r) {
-  double acc[kLines] = {};
-  for (int64_t j = 0; j <= r && j < len; ++j)
-    for (int64_t l = 0; l < count; ++l) acc[l] += static_cast<double>(in[l * len + j]);
-  for (int64_t i = 0; i < len; ++i) {
-    for (int64_t l = 0; l < count; ++l) out[l * len + i] = static_cast<A>(acc[l]);
-    if (i + r + 1 < len)
-      for (int64_t l = 0; l < count; ++l) acc[l] += static_cast<double>(in[l * len + i + r + 1]);
-    if (i - r >= 0)
-      for (int64_t l = 0; l < count; ++l) acc[l] -= static_cast<double>(in[l * len + i - r]);
-  }
-}
+struct BoxStage {
+  int64_t width, ny, nx, nz, r, c0, c1;
+  A* xsum;       // one plane, summed along x
+  double* line;  // box_x5's row
+  double* ysum;  // one row, the y running sums
+  A* ring;       // min(window, nz) planes summed along x and y, plane z in slot z % window
+  double* zsum;  // one plane, the z running sums
 
-template <int NDIM, typename T>
-struct CpuNccRunner {
-  using A = acc_t<T>;
-  const NccGeometry<NDIM, T> g;
+  int64_t row() const { return 5 * width; }
+  int64_t plane() const { return ny * row(); }
+  const double* sums(int64_t y) const { return zsum + y * row(); }
 
-  CpuNccRunner(const NccArgs<T>& args, void*) : g(args) {}
-
-  void products(const T* x, const T* y, A* out, int axis) {
-    const Extent<NDIM>& e = g.e;
-    cpu::parallel_for(
-        g.lines(1, axis), g.a.num_threads,
-        [&](int64_t l) {
-          const int64_t s = line_start(l, e, axis);
-          box_products_line(x + s, y + s, out + s, g.fs, e.size[axis], e.stride[axis], g.r);
-        },
-        e.size[axis]);
-  }
-  void box(const A* in, A* out, int axis) {
-    const Extent<NDIM>& e = g.e;
-    const int64_t len = e.size[axis], r = g.r;
-    if (axis == NDIM - 1) {
-      const int64_t lines = g.lines(5, axis), groups = (lines + kLines - 1) / kLines;
-      cpu::parallel_for(
-          groups, g.a.num_threads,
-          [&](int64_t q) {
-            const int64_t l0 = q * kLines, count = lines - l0 < kLines ? lines - l0 : kLines;
-            box_lines_x(in + l0 * len, out + l0 * len, count, len, r);
-          },
-          kLines * len);
-      return;
+  // Sums plane z along x and y (fill(y, j0, j1, q, stride) gives the five
+  // quantities of row y, as box_x5's fill), adds it to the z running sums
+  // (dropping plane z - window), and emit(y) after each row once the sums
+  // of plane z - r are complete there.
+  template <typename Fill, typename Emit>
+  void push(int64_t z, const Fill& fill, Emit&& emit) {
+    const int64_t n = row(), w = 2 * r + 1;
+    for (int64_t y = 0; y < ny; ++y)
+      box_x5<A>([&](int64_t j0, int64_t j1, double* q, int64_t stride) { fill(y, j0, j1, q, stride); }, nx, c0,
+                c1, r, xsum + y * n, line);
+    if (z == 0)
+      for (int64_t k = 0; k < plane(); ++k) zsum[k] = 0;
+    for (int64_t k = 0; k < n; ++k) ysum[k] = 0;
+    for (int64_t j = 0; j <= r && j < ny; ++j)
+      for (int64_t k = 0; k < n; ++k) ysum[k] += static_cast<double>(xsum[j * n + k]);
+    A* slot = ring + (z % w) * plane();
+    for (int64_t y = 0; y < ny; ++y) {
+      double* s = zsum + y * n;
+      A* p = slot + y * n;
+      if (z >= w) {  // box_line's order: add the newest plane, then drop the oldest
+        for (int64_t k = 0; k < n; ++k) {
+          const A v = static_cast<A>(ysum[k]);
+          double t = s[k] + static_cast<double>(v);
+          s[k] = t - static_cast<double>(p[k]);
+          p[k] = v;
+        }
+      } else {
+        for (int64_t k = 0; k < n; ++k) {
+          p[k] = static_cast<A>(ysum[k]);
+          s[k] += static_cast<double>(p[k]);
+        }
+      }
+      if (z >= r) emit(y);
+      if (y + r + 1 < ny)
+        for (int64_t k = 0; k < n; ++k) ysum[k] += static_cast<double>(xsum[(y + r + 1) * n + k]);
+      if (y - r >= 0)
+        for (int64_t k = 0; k < n; ++k) ysum[k] -= static_cast<double>(xsum[(y - r) * n + k]);
     }
-    const int64_t inner = e.stride[axis], units = 5 * g.fs / (len * inner);
-    const int64_t chunks = (inner + kBlock - 1) / kBlock;
-    cpu::parallel_for(
-        units * chunks, g.a.num_threads,
-        [&](int64_t t) {
-          const int64_t u = t / chunks, x0 = (t - u * chunks) * kBlock;
-          const int64_t base = u * len * inner + x0;
-          box_block(in + base, out + base, len, inner, r, inner - x0 < kBlock ? inner - x0 : kBlock);
-        },
-        len * kBlock);
   }
-  void value(const A* sums, T* out) {
-    cpu::parallel_for(g.fs, g.a.num_threads,
-                      [&](int64_t i) { ncc_value_voxel(sums, out, g.fs, g.n, g.a.squared, g.eps, i); });
+
+  // After the last push: emit(k, y) for the rows of the planes k >= nz - r,
+  // whose windows need no further plane.
+  template <typename Emit>
+  void finish(Emit&& emit) {
+    for (int64_t k = nz - r > 0 ? nz - r : 0; k < nz; ++k) {
+      if (k - r - 1 >= 0) {
+        const A* p = ring + ((k - r - 1) % (2 * r + 1)) * plane();
+        for (int64_t i = 0; i < plane(); ++i) zsum[i] -= static_cast<double>(p[i]);
+      }
+      for (int64_t y = 0; y < ny; ++y) emit(k, y);
+    }
   }
-  void sum_grads(const A* sums, const T* grad, A* out) {
-    cpu::parallel_for(g.fs, g.a.num_threads,
-                      [&](int64_t i) { ncc_sum_grads_voxel(sums, grad, out, g.fs, g.n, g.a.squared, g.eps, i); });
-  }
-  void input_grads(const A* bg) {
-    cpu::parallel_for(g.fs, g.a.num_threads, [&](int64_t i) { ncc_input_grads_voxel(bg, g.a, g.fs, i); });
+
+  // Every plane, fill_of(z) giving push's fill: emit(k, y) for each row of each plane.
+  template <typename FillOf, typename Emit>
+  void run(const FillOf& fill_of, Emit&& emit) {
+    for (int64_t z = 0; z < nz; ++z) push(z, fill_of(z), [&](int64_t y) { emit(z - r, y); });
+    finish(emit);
   }
 };
 
+template <int NDIM, typename T>
+struct CpuNcc {
+  using A = acc_t<T>;
+  const NccArgs<T>& a;
+  int64_t vols, nz, ny, nx, r, tiles, tile;
+  int nt;  // threads
+  A n, eps;
+
+  explicit CpuNcc(const NccArgs<T>& args) : a(args) {
+    const NccGeometry<NDIM, T> g(args);
+    vols = g.vols;
+    nz = NDIM == 3 ? g.e.size[0] : 1;
+    ny = g.e.size[NDIM - 2];
+    nx = g.e.size[NDIM - 1];
+    r = g.r;
+    n = g.n;
+    eps = g.eps;
+    // Split the volumes into tiles until the items share out evenly among
+    // the threads (or are many), as long as the tiles stay wide enough.
+    nt = threads_for(g.fs, a.num_threads);
+    int64_t t = 1;
+    while ((t + 1) * kMinTile <= nx && (vols * t) % nt != 0 && vols * t < 4 * nt) ++t;
+    tile = (nx + t - 1) / t;
+    tiles = (nx + tile - 1) / tile;
+    if (vols * tiles < nt) nt = static_cast<int>(vols * tiles);
+  }
+
+  int64_t at(int64_t v, int64_t z, int64_t y) const { return ((v * nz + z) * ny + y) * nx; }
+
+  // count values of type E at offset `used` of the workspace ws, 64-byte
+  // granules; with ws null, only counts the bytes.
+  template <typename E>
+  static E* take(char* ws, size_t& used, int64_t count) {
+    E* p = ws ? reinterpret_cast<E*>(ws + used) : nullptr;
+    used += (static_cast<size_t>(count) * sizeof(E) + 63) / 64 * 64;
+    return p;
+  }
+  // A stage over the columns [c0, c1) (halo included), from the workspace.
+  BoxStage<A> stage(int64_t c0, int64_t c1, char* ws, size_t& used) const {
+    BoxStage<A> s{c1 - c0, ny, nx, nz, r, c0, c1, nullptr, nullptr, nullptr, nullptr, nullptr};
+    s.xsum = take<A>(ws, used, s.plane());
+    s.line = take<double>(ws, used, 10 * s.width + 10 * r);
+    s.ysum = take<double>(ws, used, s.row());
+    s.ring = take<A>(ws, used, (nz < 2 * r + 1 ? nz : 2 * r + 1) * s.plane());
+    s.zsum = take<double>(ws, used, s.plane());
+    return s;
+  }
+
+  // body(v, x0, x1, workspace) for every tile, per thread one workspace of
+  // `per_thread` bytes, tiles handed out on demand.
+  template <typename Body>
+  void for_tiles(size_t per_thread, Body&& body) const {
+    const int64_t items = vols * tiles;
+    char* ws = static_cast<char*>(std::malloc(per_thread * nt));
+    if (!ws) throw std::bad_alloc();
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t i = 0; i < items; ++i) {
+      const int64_t v = i / tiles, x0 = (i % tiles) * tile, x1 = x0 + tile < nx ? x0 + tile : nx;
+      body(v, x0, x1, ws + per_thread * omp_get_thread_num());
+    }
+    std::free(ws);
+  }
+
+  // The fill of the first stage: the five products of a and b.
+  auto products(int64_t v, int64_t z) const {
+    const T* pa = a.a + at(v, z, 0);
+    const T* pb = a.b + at(v, z, 0);
+    const int64_t row = nx;
+    return [pa, pb, row](int64_t y, int64_t j0, int64_t j1, double* q, int64_t stride) {
+      const T* ra = pa + y * row + j0;
+      const T* rb = pb + y * row + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < j1 - j0; ++j) {
+        const double x = static_cast<double>(load<A>(ra[j])), u = static_cast<double>(load<A>(rb[j]));
+        q[j] = x;
+        q[stride + j] = u;
+        q[2 * stride + j] = x * x;
+        q[3 * stride + j] = u * u;
+        q[4 * stride + j] = x * u;
+      }
+    };
+  }
+
+  NccSums<A> load_sums(const double* s, int64_t width, int64_t i) const {
+    return {static_cast<A>(s[i]), static_cast<A>(s[width + i]), static_cast<A>(s[2 * width + i]),
+            static_cast<A>(s[3 * width + i]), static_cast<A>(s[4 * width + i])};
+  }
+
+  // kSquared is a.squared, a constant so that the per-row loops vectorise.
+  template <bool kSquared>
+  void forward() const {
+    size_t per_thread = 0;
+    stage(0, tile, nullptr, per_thread);
+    for_tiles(per_thread, [&](int64_t v, int64_t x0, int64_t x1, char* ws) {
+      size_t used = 0;
+      BoxStage<A> s = stage(x0, x1, ws, used);
+      s.run([&](int64_t z) { return products(v, z); },
+            [&](int64_t k, int64_t y) {
+              const double* sums = s.sums(y);
+              T* out = a.out + at(v, k, y) + x0;
+#pragma omp simd
+              for (int64_t i = 0; i < s.width; ++i)
+                out[i] = store<T>(ncc_value(load_sums(sums, s.width, i), n, kSquared, eps));
+            });
+    });
+  }
+
+  // The sums' gradients need their box sums over the tile and r columns
+  // either side, so the first stage covers that halo.
+  template <bool kSquared>
+  void backward() const {
+    const int64_t halo = tile + 2 * r < nx ? tile + 2 * r : nx;
+    size_t per_thread = 0;
+    take<A>(nullptr, per_thread, stage(0, halo, nullptr, per_thread).plane());
+    stage(0, tile, nullptr, per_thread);
+    for_tiles(per_thread, [&](int64_t v, int64_t x0, int64_t x1, char* ws) {
+      const int64_t h0 = x0 - r > 0 ? x0 - r : 0, h1 = x1 + r < nx ? x1 + r : nx;
+      size_t used = 0;
+      BoxStage<A> sums = stage(h0, h1, ws, used);
+      A* dsums = take<A>(ws, used, sums.plane());  // d loss / d sums of one plane
+      BoxStage<A> grads = stage(x0, x1, ws, used);
+      const int64_t hw = sums.width;
+      auto dsums_row = [&](int64_t y, int64_t j0, int64_t j1, double* q, int64_t stride) {
+        for (int f = 0; f < 5; ++f) {
+          const A* d = dsums + y * sums.row() + f * hw + j0 - h0;
+#pragma omp simd
+          for (int64_t j = 0; j < j1 - j0; ++j) q[f * stride + j] = static_cast<double>(d[j]);
+        }
+      };
+      auto input_grads = [&](int64_t k, int64_t y) {
+        const double* bs = grads.sums(y);
+        const int64_t o = at(v, k, y) + x0;
+        const int64_t w = grads.width;
+        if (a.grad_a)
+#pragma omp simd
+          for (int64_t i = 0; i < w; ++i) {
+            const A x = load<A>(a.a[o + i]), u = load<A>(a.b[o + i]);
+            a.grad_a[o + i] = store<T>(A(bs[i]) + A(2) * x * A(bs[2 * w + i]) + u * A(bs[4 * w + i]));
+          }
+        if (a.grad_b)
+#pragma omp simd
+          for (int64_t i = 0; i < w; ++i) {
+            const A x = load<A>(a.a[o + i]), u = load<A>(a.b[o + i]);
+            a.grad_b[o + i] = store<T>(A(bs[w + i]) + A(2) * u * A(bs[3 * w + i]) + x * A(bs[4 * w + i]));
+          }
+      };
+      // dsums of plane k is complete after its last row: push it to the second stage
+      auto sum_grads = [&](int64_t k, int64_t y) {
+        const double* s = sums.sums(y);
+        const T* grad = a.grad + at(v, k, y) + h0;
+        A* d = dsums + y * sums.row();
+#pragma omp simd
+        for (int64_t i = 0; i < hw; ++i) {
+          const NccSums<A> g = ncc_sum_grads(load_sums(s, hw, i), n, kSquared, eps, load<A>(grad[i]));
+          d[i] = g.a;
+          d[hw + i] = g.b;
+          d[2 * hw + i] = g.aa;
+          d[3 * hw + i] = g.bb;
+          d[4 * hw + i] = g.ab;
+        }
+        if (y == ny - 1) grads.push(k, dsums_row, [&](int64_t yy) { input_grads(k - r, yy); });
+      };
+      sums.run([&](int64_t z) { return products(v, z); }, sum_grads);
+      grads.finish(input_grads);
+    });
+  }
+};
 
 template <typename T>
 void ncc_forward(const NccArgs<T>& a) {
-  ncc_run<CpuNccRunner>(a, nullptr, false);
+  if (a.geo.ndim == 2)
+    a.squared ? CpuNcc<2, T>(a).template forward<true>() : CpuNcc<2, T>(a).template forward<false>();
+  else
+    a.squared ? CpuNcc<3, T>(a).template forward<true>() : CpuNcc<3, T>(a).template forward<false>();
 }
 
 template <typename T>
 void ncc_backward(const NccArgs<T>& a) {
-  ncc_run<CpuNccRunner>(a, nullptr, true);
+  if (a.geo.ndim == 2)
+    a.squared ? CpuNcc<2, T>(a).template backward<true>() : CpuNcc<2, T>(a).template backward<false>();
+  else
+    a.squared ? CpuNcc<3, T>(a).template backward<true>() : CpuNcc<3, T>(a).template backward<false>();
 }
-
 
 }  // namespace cpu
 GEMINI_ISA_END

@@ -77,3 +77,20 @@ def test_local_ncc_parallel_paths(four_threads):
     _close(out, ref)
     for g, r in zip(_grads(out, (a, b), 6), _grads(ref, (a, b), 6)):
         _close(g, r)
+
+
+@pytest.mark.parametrize(("channels", "threads"), [(1, 2), (1, 3), (3, 2)])
+def test_local_ncc_column_tiles(channels, threads, four_threads):
+    """Rows long enough that the CPU NCC splits volumes into column tiles for
+    the threads (two or three per volume: first, middle and last tiles, whose
+    backward sums r columns beyond their edges)."""
+    torch.set_num_threads(threads)
+    spatial = (7, 6, 150)
+    a = randn((1, channels, *spatial), torch.float64, 10).requires_grad_()
+    b = randn((1, channels, *spatial), torch.float64, 11).requires_grad_()
+    for window in (5, 9):
+        out = gemini_ops.local_ncc(a, b, window, reduction="none")
+        ref = reference.local_ncc_map(a, b, window)
+        _close(out, ref)
+        for g, r in zip(_grads(out, (a, b), 7), _grads(ref, (a, b), 7)):
+            _close(g, r)

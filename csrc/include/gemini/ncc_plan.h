@@ -1,11 +1,12 @@
-// The order of passes of the local NCC, written once for every backend.
-// A Runner executes each pass (CPU loops, or kernel launches):
+// The order of passes of the local NCC, written once for the CUDA kernels
+// and their emulation. A Runner executes each pass (kernel launches):
 //   products(a, b, out, axis)   first box pass, summing a, b, aa, bb, ab
 //   box(in, out, axis)          box pass of the five fields along axis
 //   value(sums, out)            per voxel cc
 //   sum_grads(sums, grad, out)  per voxel d loss / d sums
 //   input_grads(bsums)          per voxel d loss / d a, d b
 // Box sums of the five fields live in two scratch buffers used in turn.
+// The CPU kernels (csrc/cpu/ncc.h) run the same passes fused, without them.
 #pragma once
 
 #include <utility>

@@ -164,7 +164,7 @@ struct NccArgs {
   const T* grad = nullptr;    // backward
   T* grad_a = nullptr;        // may be null
   T* grad_b = nullptr;        // may be null
-  acc_t<T>* buf0 = nullptr;   // scratch, 5 * B * C * nvox each
+  acc_t<T>* buf0 = nullptr;   // scratch, 5 * B * C * nvox each (CUDA and emulated)
   acc_t<T>* buf1 = nullptr;
   int num_threads = 1;
 };
