@@ -195,29 +195,29 @@ struct Corners {
   }
 };
 
-// The lanes of a scatter grouped by base = off - lane: within a group the
-// x pair (corners c, c + 1) of lane l lands on base + coff[c] + l and the
-// next place, distinct places for distinct lanes, so each group and pair is
-// one vector read-modify-write (S::add_pair). Smooth displacements give a
-// few groups (at 96^3, max |u| 4: about 5 of 16 lanes' bases differ).
+// The lanes of a scatter in groups of the same base = off - lane. Within
+// a group the x pair (corners c, c + 1) of lane l lands on base + coff[c] + l
+// and the next place, distinct places for distinct lanes, so each group and
+// pair is one vector read-modify-write (S::add_pair). Smooth displacements
+// give a few groups (at 96^3, max |u| 4: about 5 per 16 lanes), mostly runs
+// of lanes: each group is found from the first lane of one of its runs.
 template <int NDIM, class S>
 struct ScatterGroups {
-  int count = 0;
-  int32_t base[S::L];
-  typename S::M lanes[S::L];
+  unsigned starts = 0;  // the first lane of each run
+  unsigned live = 0;    // lanes with a corner to scatter to
+  typename S::I rel;
+  alignas(64) int32_t base[S::L];
   ScatterGroups() = default;
   explicit ScatterGroups(const Corners<NDIM, S>& q) {
-    unsigned left = 0;  // lanes with a corner to scatter to
-    for (int k = 0; k < Corners<NDIM, S>::K; ++k) left |= S::bits(q.mask[k]);
-    const typename S::I rel = S::addi(q.offv, S::muli(S::lane_index(), -1));
-    alignas(64) int32_t rel_of[S::L];
-    S::store_int(rel_of, rel);
-    while (left) {
-      const int32_t r = rel_of[__builtin_ctz(left)];
-      lanes[count] = S::eqi(rel, S::seti(r));
-      base[count++] = r;
-      left &= ~S::bits(lanes[count - 1]);
-    }
+    for (int k = 0; k < Corners<NDIM, S>::K; ++k) live |= S::bits(q.mask[k]);
+    rel = S::addi(q.offv, S::muli(S::lane_index(), -1));
+    starts = S::run_starts(rel);
+    S::store_int(base, rel);
+  }
+  // the lanes of the group of run start l, or none where an earlier run has it
+  unsigned group(int l) const {
+    const unsigned m = S::bits(S::eqi(rel, S::seti(base[l])));
+    return (m & ((1u << l) - 1u)) ? 0u : m & live;
   }
 };
 
@@ -229,10 +229,9 @@ inline int scatter_block(int64_t channels, int64_t c0) {
   return static_cast<int>(channels - c0 < kScatterBlock ? channels - c0 : kScatterBlock);
 }
 // Channels from which lane types with kGroupedScatter group the lanes:
-// finding the groups (a loop of varying length, whose exit mispredicts)
-// costs about what the vector adds save on a few channels (measured: no
-// gain at 4 channels, some at 8, a fifth of GSS's backward at 16).
-constexpr int64_t kGroupFrom = 8;
+// finding the groups costs about what the vector adds save on one channel
+// (measured at 96^3: slower on 1 channel, faster on 3).
+constexpr int64_t kGroupFrom = 3;
 
 // target[off + coff[k] + j * plane] += g[j] * w[k] for the channels j of a
 // block, over the lanes and corners whose mask is set: vector groups (see
@@ -271,10 +270,14 @@ struct Scatter {
   // keeps a group's read-modify-writes of a place apart from the last group's.
   template <typename T>
   void add_groups(T* t, int64_t plane, int channels, const F* g, const F* w) const {
-    for (int i = 0; i < groups.count; ++i) {
+    for (unsigned left = groups.starts; left; left &= left - 1) {
+      const int l = __builtin_ctz(left);
+      const unsigned lanes_bits = groups.group(l);
+      if (!lanes_bits) continue;
+      const typename S::M lanes = S::from_bits(lanes_bits);
       typename S::M lo[K / 2], hi[K / 2];
       for (int k = 0; k < K; k += 2) {
-        lo[k / 2] = hi[k / 2] = groups.lanes[i];
+        lo[k / 2] = hi[k / 2] = lanes;
         if (!q.interior) {
           lo[k / 2] = S::both(lo[k / 2], q.mask[k]);
           hi[k / 2] = S::both(hi[k / 2], q.mask[k + 1]);
@@ -282,7 +285,7 @@ struct Scatter {
       }
       for (int j = 0; j < channels; ++j)
         for (int k = 0; k < K; k += 2)
-          S::add_pair(t + j * plane + q.coff[k] + groups.base[i], lo[k / 2], g[j] * w[k], hi[k / 2], g[j] * w[k + 1]);
+          S::add_pair(t + j * plane + q.coff[k] + groups.base[l], lo[k / 2], g[j] * w[k], hi[k / 2], g[j] * w[k + 1]);
     }
   }
 

@@ -184,6 +184,11 @@ struct Avx512 {
   static void store_int(int32_t* p, I v) { _mm512_storeu_si512(p, v); }
   static I lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static M eqi(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static M from_bits(unsigned b) { return static_cast<M>(b); }
+  // lanes whose value differs from the lane before (and lane 0)
+  static unsigned run_starts(I a) {
+    return bits(_mm512_cmpneq_epi32_mask(a, _mm512_alignr_epi32(a, a, 15))) | 1u;
+  }
   // vector groups of a scatter (lanes.h): p[l] += lo[l] where lo_m and
   // p[l + 1] += hi[l] where hi_m, as one read-modify-write of p[0, 16)
   // (the upper neighbours move up one lane) and p[16] for the last lane
