@@ -6,7 +6,9 @@
 // plane and with masks, so out-of-volume corners read nothing and count 0:
 // no branch per corner. Where both x neighbours of every lane are inside
 // (the interior), each x pair is one 64-bit gather and the scatter needs no
-// mask. Planes of 2^29 voxels or more take the per-voxel code of voxel_ops.h.
+// mask. The scatter goes lane by lane, or on AVX-512 for 3 or more channels
+// as vector read-modify-writes of groups of lanes (Scatter). Planes of 2^29
+// voxels or more take the per-voxel code of voxel_ops.h.
 //
 // Scatters without full-size buffers: the sample of a voxel at first-axis
 // index z lands on planes [z - m - 1, z + m + 1] with m = max |ddf_0|, so
