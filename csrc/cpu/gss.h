@@ -112,16 +112,22 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
   const F sm = S::set(static_cast<E>(a.scale_moving)), sf = S::set(static_cast<E>(a.scale_fixed));
   F w8[K];
   if (target) s.weights(w8);
+  const Scatter<NDIM, S> scatter(q, target ? C : 0);
   F gd[NDIM];
   for (int k = 0; k < NDIM; ++k) gd[k] = zero;
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const int64_t plane = (b * C + ch) * n;
-    F dv[NDIM];
-    const F w = warped(ch, dv), f = S::load(a.fixed + plane + v);
-    const F dw = kw1 * f - kw2 * w;
-    if (a.grad_fixed) S::store(a.grad_fixed + plane + v, S::select(live, sf * (kw1 * w - kf2 * f), zero));
-    if (target) scatter_lanes<S, K>(target + plane, q.off, q.coff, q.mask, q.interior, w8, sm * dw);
-    for (int k = 0; k < NDIM; ++k) gd[k] = S::fma(dw, dv[k], gd[k]);
+  for (int64_t c0 = 0; c0 < C; c0 += kScatterBlock) {
+    const int block = scatter_block(C, c0);
+    F gm[kScatterBlock];
+    for (int j = 0; j < block; ++j) {
+      const int64_t plane = (b * C + c0 + j) * n;
+      F dv[NDIM];
+      const F w = warped(c0 + j, dv), f = S::load(a.fixed + plane + v);
+      const F dw = kw1 * f - kw2 * w;
+      if (a.grad_fixed) S::store(a.grad_fixed + plane + v, S::select(live, sf * (kw1 * w - kf2 * f), zero));
+      gm[j] = sm * dw;
+      for (int k = 0; k < NDIM; ++k) gd[k] = S::fma(dw, dv[k], gd[k]);
+    }
+    if (target) scatter.add(target + (b * C + c0) * n, n, block, gm, w8);
   }
   if (a.grad_ddf) {
     const F sd = S::set(static_cast<E>(a.scale_ddf));

@@ -68,6 +68,7 @@ struct Scalar {
   static unsigned bits(M m) { return m ? 1u : 0u; }
   static constexpr unsigned kAll = 1u;
   static void store_int(int32_t* p, I v) { *p = v; }
+  static constexpr bool kGroupedScatter = false;  // one lane: nothing to group
 };
 
 #if GEMINI_ISA_LEVEL >= 1
@@ -121,6 +122,9 @@ struct Avx2 {
   static unsigned bits(M m) { return static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(m))); }
   static constexpr unsigned kAll = 0xFFu;
   static void store_int(int32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  // scatters lane by lane (lanes.h): vector groups with vmaskmovps measured
+  // slower (AMD Zen 5)
+  static constexpr bool kGroupedScatter = false;
 };
 #endif
 
@@ -178,6 +182,25 @@ struct Avx512 {
   static unsigned bits(M m) { return static_cast<unsigned>(m); }
   static constexpr unsigned kAll = 0xFFFFu;
   static void store_int(int32_t* p, I v) { _mm512_storeu_si512(p, v); }
+  static I lane_index() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+  static M eqi(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static M from_bits(unsigned b) { return static_cast<M>(b); }
+  // lanes whose value differs from the lane before (and lane 0)
+  static unsigned run_starts(I a) {
+    return bits(_mm512_cmpneq_epi32_mask(a, _mm512_alignr_epi32(a, a, 15))) | 1u;
+  }
+  // vector groups of a scatter (lanes.h): p[l] += lo[l] where lo_m and
+  // p[l + 1] += hi[l] where hi_m, as one read-modify-write of p[0, 16)
+  // (the upper neighbours move up one lane) and p[16] for the last lane
+  static constexpr bool kGroupedScatter = true;
+  static void add_pair(float* p, M lo_m, F lo, M hi_m, F hi) {
+    const __m512i hi_up = _mm512_alignr_epi32(_mm512_castps_si512(_mm512_maskz_mov_ps(hi_m, hi)),
+                                              _mm512_setzero_si512(), 15);
+    const M at = static_cast<M>(lo_m | (hi_m << 1));
+    const F add = _mm512_maskz_mov_ps(lo_m, lo) + _mm512_castsi512_ps(hi_up);
+    _mm512_mask_storeu_ps(p, at, _mm512_maskz_loadu_ps(at, p) + add);
+    if (hi_m >> 15) p[16] += _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(15), hi));
+  }
 };
 #endif
 

@@ -46,18 +46,23 @@ void warp_backward_lanes(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t b,
   const Corners<NDIM, S> q(s, e, S::all_lanes());
   F w[K];
   if (target) s.weights(w);
+  const Scatter<NDIM, S> scatter(q, target ? C : 0);
   F acc[NDIM];
   for (int k = 0; k < NDIM; ++k) acc[k] = S::set(E(0));
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const int64_t plane = (b * C + ch) * n;
-    const F g = S::load(a.grad + plane + v);
-    if (want_ddf) {
-      F vals[K], dv[NDIM];
-      s.gather(a.image + plane, q.coff, q.mask, vals);
-      s.interpolate(vals, dv);
-      for (int k = 0; k < NDIM; ++k) acc[k] = S::fma(g, dv[k], acc[k]);
+  for (int64_t c0 = 0; c0 < C; c0 += kScatterBlock) {
+    const int block = scatter_block(C, c0);
+    F g[kScatterBlock];
+    for (int j = 0; j < block; ++j) {
+      const int64_t plane = (b * C + c0 + j) * n;
+      g[j] = S::load(a.grad + plane + v);
+      if (want_ddf) {
+        F vals[K], dv[NDIM];
+        s.gather(a.image + plane, q.coff, q.mask, vals);
+        s.interpolate(vals, dv);
+        for (int k = 0; k < NDIM; ++k) acc[k] = S::fma(g[j], dv[k], acc[k]);
+      }
     }
-    if (target) scatter_lanes<S, K>(target + plane, q.off, q.coff, q.mask, q.interior, w, g);
+    if (target) scatter.add(target + (b * C + c0) * n, n, block, g, w);
   }
   if (!want_ddf) return;
   for (int k = 0; k < NDIM; ++k) {

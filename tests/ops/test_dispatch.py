@@ -83,6 +83,19 @@ def test_warp_paths(path, threads, ndim, dtype, padding):
         _check(out, ref, (i, d), (ri, rd), dtype, factor=4.0, what=f"{path} {mode}")
 
 
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_warp_many_channels(path, threads, padding):
+    """9 channels: a block of 8 scattered together (AVX-512: in vector groups
+    of lanes, see csrc/cpu/lanes.h), then one more."""
+    spatial = SHAPES[3]
+    image = randn((2, 9, *spatial), torch.float32, 16).requires_grad_()
+    ddf = random_ddf(2, 3, spatial, torch.float32, 17, scale=3.0).requires_grad_()
+    ri, rd = image.detach().double().requires_grad_(), ddf.detach().double().requires_grad_()
+    out = gemini_ops.warp(image, ddf, "bilinear", padding)
+    ref = reference.warp(ri, rd, "bilinear", padding)
+    _check(out, ref, (image, ddf), (ri, rd), torch.float32, factor=4.0, what=path)
+
+
 @pytest.mark.parametrize("which", ["image", "ddf"])
 def test_warp_one_gradient(path, threads, which):
     spatial = SHAPES[3]
