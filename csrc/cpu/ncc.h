@@ -299,14 +299,8 @@ struct CpuNcc {
         const T* grad = a.grad + at(v, k, y) + h0;
         A* d = dsums + y * sums.row();
 #pragma omp simd
-        for (int64_t i = 0; i < hw; ++i) {
-          const NccSums<A> g = ncc_sum_grads(load_sums(s, hw, i), n, kSquared, eps, load<A>(grad[i]));
-          d[i] = g.a;
-          d[hw + i] = g.b;
-          d[2 * hw + i] = g.aa;
-          d[3 * hw + i] = g.bb;
-          d[4 * hw + i] = g.ab;
-        }
+        for (int64_t i = 0; i < hw; ++i)
+          ncc_store(ncc_sum_grads(load_sums(s, hw, i), n, kSquared, eps, load<A>(grad[i])), d, hw, i);
         if (y == ny - 1) grads.push(k, dsums_row, [&](int64_t yy) { input_grads(k - r, yy); });
       };
       sums.run([&](int64_t z) { return products(v, z); }, sum_grads);

@@ -375,6 +375,15 @@ GEMINI_HD NccSums<A> ncc_load(const A* s, int64_t field_stride, int64_t i) {
 }
 
 template <typename A>
+GEMINI_HD void ncc_store(const NccSums<A>& v, A* s, int64_t field_stride, int64_t i) {
+  s[i] = v.a;
+  s[field_stride + i] = v.b;
+  s[2 * field_stride + i] = v.aa;
+  s[3 * field_stride + i] = v.bb;
+  s[4 * field_stride + i] = v.ab;
+}
+
+template <typename A>
 GEMINI_HD A ncc_value(const NccSums<A>& s, A n, bool squared, A eps) {
   const A cross = s.ab - s.a * s.b / n;
   const A va = s.aa - s.a * s.a / n, vb = s.bb - s.b * s.b / n;

@@ -209,12 +209,7 @@ template <typename T>
 GEMINI_HD void ncc_sum_grads_voxel(const acc_t<T>* sums, const T* grad, acc_t<T>* out, int64_t fs, acc_t<T> n,
                                    bool squared, acc_t<T> eps, int64_t i) {
   using A = acc_t<T>;
-  const NccSums<A> g = ncc_sum_grads(ncc_load(sums, fs, i), n, squared, eps, load<A>(grad[i]));
-  out[i] = g.a;
-  out[fs + i] = g.b;
-  out[2 * fs + i] = g.aa;
-  out[3 * fs + i] = g.bb;
-  out[4 * fs + i] = g.ab;
+  ncc_store(ncc_sum_grads(ncc_load(sums, fs, i), n, squared, eps, load<A>(grad[i])), out, fs, i);
 }
 
 // d loss / d a = G_a + 2 a G_aa + b G_ab (G: box sums of d loss / d sums)
