@@ -280,13 +280,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--composition", action="store_true", help="also time the plain PyTorch composition")
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
+    parser.add_argument(
+        "--finite-checks",
+        action="store_true",
+        help="keep the NaN/Inf check of displacements on, as users get it by default (off: the ops alone)",
+    )
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     if args.size:
         args.sizes = [tuple(args.size)]
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU")
-    gemini_ops.set_finite_checks(False)  # time the ops, not the input validation
+    gemini_ops.set_finite_checks(args.finite_checks)
     info = gemini_ops.backend_info()
     # our CPU kernels' instruction-set switch (absent from builds before it)
     ops = torch.ops.gemini if info["compiled"] and hasattr(torch.ops.gemini, "cpu_capability") else None
@@ -301,7 +306,7 @@ def main() -> None:
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {args.device} ({machine}, {os.cpu_count()} cores), "
         f"torch {torch.__version__}, float32, batch 1, compiled={info['compiled']}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, busy core={args.busy_core}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, busy core={args.busy_core}, finite checks={args.finite_checks}, "
         f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
     rows = []

@@ -7,6 +7,7 @@ import torch
 
 from . import _library
 from .functional import (
+    all_finite,
     folding_fraction,
     gss_similarity,
     integrate_velocity,

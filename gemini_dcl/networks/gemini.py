@@ -122,7 +122,7 @@ class GEMINI(nn.Module):
         # PyTorch's much slower fallback for batch-1 3D convolutions.
         feat_a, feat_b = self.features(torch.cat([image_a, image_b])).float().chunk(2)
         out: dict[str, torch.Tensor | None] = {"feat_a": feat_a, "feat_b": feat_b, "ddf_ab": None, "ddf_ba": None}
-        if bool(torch.isfinite(feat_a).all()) and bool(torch.isfinite(feat_b).all()):
+        if bool(gemini_ops.all_finite(feat_a) & gemini_ops.all_finite(feat_b)):
             with torch.autocast(feat_a.device.type, enabled=False):
                 ddf = self.flow(torch.cat([feat_a, feat_b]), torch.cat([feat_b, feat_a]))
             out["ddf_ab"], out["ddf_ba"] = ddf.chunk(2)

@@ -219,7 +219,7 @@ class GVSL(nn.Module):
         out: dict[str, torch.Tensor | None] = dict.fromkeys(("theta", "affine_ddf", "flow", "ddf", "warped"))
         out = {"restored": self.res_conv(feat_fixed).float()} | out
         encodings = (bottleneck_moving, feat_moving, bottleneck_fixed, feat_fixed)
-        if guard and not all(bool(torch.isfinite(t).all()) for t in encodings):
+        if guard and not all(bool(gemini_ops.all_finite(t)) for t in encodings):
             return out
         with torch.autocast(moving.device.type, enabled=False):
             theta = self.affine(bottleneck_moving.float(), bottleneck_fixed.float(), shape)

@@ -193,12 +193,13 @@ def test_environment_variable_selects_and_caps():
 
 def test_benchmark_runs_every_path(tmp_path):
     """The benchmark command of benchmarks/RESULTS.md, tiny: our rows on each
-    forced path next to MONAI's, with the busy-core column."""
+    forced path next to MONAI's, with the busy-core column and the finite
+    checks users get by default."""
     script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_ops.py")
     out = tmp_path / "rows.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, script, "--sizes", "10x12x14", "--repeats", "1", "--cases", "warp", "step"]
-    cmd += ["--paths", *SUPPORTED, "--busy-core", "--json", str(out)]
+    cmd += ["--paths", *SUPPORTED, "--busy-core", "--finite-checks", "--json", str(out)]
     got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr
     all_rows = json.loads(out.read_text())["rows"]
@@ -208,4 +209,4 @@ def test_benchmark_runs_every_path(tmp_path):
     labels = {r["impl"] for r in rows}
     assert labels == {"MONAI", *(f"ours ({p})" for p in SUPPORTED)}
     assert all(r["busy_over_idle"] > 0 for r in rows if r["impl"] != "MONAI")
-    assert "OMP_WAIT_POLICY=PASSIVE" in got.stdout
+    assert "OMP_WAIT_POLICY=PASSIVE" in got.stdout and "finite checks=True" in got.stdout

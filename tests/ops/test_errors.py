@@ -196,6 +196,30 @@ def test_finite_checks_can_be_disabled():
         gemini_ops.warp(f64(*IMG), ddf, backend="compiled")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finite_check_exact_at_extremes(dtype):
+    """Only NaN/Inf raise: finite fields at the dtype's extremes pass (a
+    check through a sum would overflow), and one Inf among them is caught."""
+    top = torch.finfo(dtype).max
+    ddf = torch.full(DDF, top, dtype=dtype)
+    ddf[:, 0] = -top
+    image = torch.rand(IMG).to(dtype)
+    assert gemini_ops.warp(image, ddf, backend="compiled").shape == IMG
+    ddf.view(-1)[torch.randint(ddf.numel(), ()).item()] = float("inf")
+    with pytest.raises(RuntimeError, match="ddf contains NaN or Inf values"):
+        gemini_ops.warp(image, ddf, backend="compiled")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_all_finite_matches_isfinite(dtype):
+    t = torch.randn(2, 5, 7, 6).to(dtype)
+    assert bool(gemini_ops.all_finite(t)) and bool(torch.isfinite(t).all())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        u = t.clone()
+        u.view(-1)[torch.randint(u.numel(), ()).item()] = bad
+        assert not bool(gemini_ops.all_finite(u)) and not bool(torch.isfinite(u).all())
+
+
 def test_finite_check_same_under_compile():
     """The NaN/Inf check raises the same error in a fullgraph compiled function."""
     image, ddf = f64(*IMG), _nonfinite(DDF, float("nan"))
