@@ -94,3 +94,22 @@ def test_local_ncc_column_tiles(channels, threads, four_threads):
         _close(out, ref)
         for g, r in zip(_grads(out, (a, b), 7), _grads(ref, (a, b), 7)):
             _close(g, r)
+
+
+@pytest.mark.parametrize(("spatial", "threads"), [((100, 5, 9), 2), ((61, 8, 9), 3), ((45, 4, 150), 3)])
+def test_local_ncc_plane_slabs(spatial, threads, four_threads):
+    """Volumes with many planes, which the CPU NCC splits into slabs of planes
+    (and, with long rows, column tiles too) for the threads: first, middle and
+    last slabs, whose items push r planes beyond their edges (2r in the
+    backward's first stage). Both 1 and `threads` threads match the reference."""
+    a = randn((1, 1, *spatial), torch.float64, 12).requires_grad_()
+    b = randn((1, 1, *spatial), torch.float64, 13).requires_grad_()
+    for window in (5, 9):
+        ref = reference.local_ncc_map(a, b, window)
+        ref_grads = _grads(ref, (a, b), 8)
+        for t in (1, threads):
+            torch.set_num_threads(t)
+            out = gemini_ops.local_ncc(a, b, window, reduction="none")
+            _close(out, ref)
+            for g, r in zip(_grads(out, (a, b), 8), ref_grads):
+                _close(g, r)
