@@ -3,7 +3,7 @@
     python benchmarks/bench_ops.py [--device cpu|cuda] [--sizes 64 96 128 | --size D H W] [--threads 2 1]
                                    [--paths avx2 avx512] [--cases integrate warp gss ncc step]
                                    [--channels C] [--repeats N] [--composition] [--busy-core]
-                                   [--json out.json]
+                                   [--finite-checks] [--json out.json]
 
 For each size, thread count and case it prints one table: the forward and
 forward+backward time (min over the repeats after a warm-up; median in
@@ -22,6 +22,9 @@ same thread count; target <= 4x).
 measurements (a shared workstation or CI runner), and also times ours on one
 thread with no busy process, printing "busy ÷ idle 1 thread" for each of our
 rows: the robustness target is <= 1.5.
+
+The ops are timed without the NaN/Inf check of displacements that users get
+by default (gemini_ops.set_finite_checks); ``--finite-checks`` keeps it on.
 
 The OpenMP runtime is started with OMP_WAIT_POLICY=PASSIVE unless the
 environment sets it: waiting threads sleep instead of spinning, so they give
