@@ -143,6 +143,15 @@ def monai_blocks():
     return Warp, DVF2DDF, LocalNormalizedCrossCorrelationLoss
 
 
+def smooth_field(shape, gen: torch.Generator, max_abs: float = 4.0) -> torch.Tensor:
+    """Displacements and velocities of a network are smooth: box-blurred
+    noise scaled to max |u| = max_abs voxels (noise would measure cache misses)."""
+    x = torch.randn(*shape, generator=gen)
+    for _ in range(3):
+        x = F.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False)
+    return x * (max_abs / x.abs().max())
+
+
 def cases(size, channels: int, device: str, wanted: tuple, composition: bool):
     """(case, {impl: (forward returning a scalar, leaf inputs)}); impl "ours" is
     measured once per instruction-set path."""
@@ -152,18 +161,10 @@ def cases(size, channels: int, device: str, wanted: tuple, composition: bool):
     def rand(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(device).requires_grad_()
 
-    def smooth(*shape, max_abs=4.0):
-        # displacements and velocities of a network are smooth: box-blurred
-        # noise scaled to max |u| = max_abs voxels (noise would measure cache misses)
-        x = torch.randn(*shape, generator=gen)
-        for _ in range(3):
-            x = F.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False)
-        return (x * (max_abs / x.abs().max())).to(device).requires_grad_()
-
     d, h, w = size
     image = rand(1, 1, d, h, w)
-    velocity = smooth(1, 3, d, h, w)
-    ddf = smooth(1, 3, d, h, w)
+    velocity = smooth_field((1, 3, d, h, w), gen).to(device).requires_grad_()
+    ddf = smooth_field((1, 3, d, h, w), gen).to(device).requires_grad_()
     m_warp, m_int = Warp("bilinear", "zeros").to(device), DVF2DDF(7).to(device)
     if "integrate" in wanted:
         impls = {
@@ -222,11 +223,7 @@ def squaring_step_vs_floor(size, device: str, repeats: int) -> tuple[float, floa
     forward; the floor is the time to move the bytes a step must move (read
     the field once, write one) at the main-memory bandwidth of a copy of a
     buffer larger than the caches, at the same thread count."""
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 3, *size, generator=gen)
-    for _ in range(3):
-        x = F.avg_pool3d(x, 5, stride=1, padding=2, count_include_pad=False)
-    v = (x * (4.0 / x.abs().max())).to(device)
+    v = smooth_field((1, 3, *size), torch.Generator().manual_seed(1)).to(device)
     big = torch.empty(2**26, device=device)  # 256 MiB
     big_out = torch.empty_like(big)
     with torch.no_grad():
