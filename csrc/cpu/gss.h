@@ -7,6 +7,8 @@
 // per-voxel code of voxel_ops.h with a coefficient buffer.
 #pragma once
 
+#include <type_traits>
+
 #include "lanes.h"
 
 namespace gemini {
@@ -17,41 +19,126 @@ namespace cpu {
 // more channels gather a second time.
 constexpr int kKeep = 32;
 
+// The cosine's sums over channels, per lane.
 template <class S>
 struct CosineSums {
-  typename S::F dot, nw2, nf2;
-};
-
-template <int NDIM, class S, typename T>
-void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, const int64_t* c, int64_t v,
-                       int64_t x) {
-  using L = LinearLanes<NDIM, S>;
   using F = typename S::F;
-  using E = typename S::E;
-  const int64_t n = e.numel(), C = a.geo.channels;
-  const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
-  const Corners<NDIM, S> q(s, e, S::all_lanes());
-  F dot = S::set(E(0)), nw2 = dot, nf2 = dot;
-  for (int64_t ch = 0; ch < C; ++ch) {
-    const int64_t plane = (b * C + ch) * n;
-    F vals[L::kCorners];
-    s.gather(a.moving + plane, q.coff, q.mask, vals);
-    const F w = s.interpolate(vals, nullptr), f = S::load(a.fixed + plane + v);
+  F dot, nw2, nf2;
+  CosineSums() : dot(S::set(typename S::E(0))), nw2(dot), nf2(dot) {}
+  void add(F w, F f) {
     dot = S::fma(w, f, dot);
     nw2 = S::fma(w, w, nw2);
     nf2 = S::fma(f, f, nf2);
   }
+};
+
+template <int NDIM, class S, typename T>
+void gss_store_forward(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, int64_t v,
+                       const LinearLanes<NDIM, S>& s, const CosineSums<S>& sums) {
+  using F = typename S::F;
+  using E = typename S::E;
+  const int64_t n = e.numel();
   const F eps = S::set(static_cast<E>(a.eps));
   // max(x, eps) with x86 semantics: a NaN norm gives eps, as in gss_cosine
-  S::store(a.cos + b * n + v, dot / (S::max(S::sqrt(nw2), eps) * S::max(S::sqrt(nf2), eps)));
+  S::store(a.cos + b * n + v, sums.dot / (S::max(S::sqrt(sums.nw2), eps) * S::max(S::sqrt(sums.nf2), eps)));
   // point_inside: the nearest voxel (half to even) of the point is inside
-  const typename S::F* p = s.point;
+  const F* p = s.point;
   typename S::M in = S::all_lanes();
   for (int k = 0; k < NDIM; ++k) {
     const F r = S::round(S::min(S::max(p[k], S::set(E(-2))), S::set(E(e.size[k] + 1))));
     in = S::both(in, S::both(S::gt(r, S::set(E(-0.5))), S::lt(r, S::set(E(e.size[k]) - E(0.5)))));
   }
   S::store(a.mask + b * n + v, S::select(in, S::set(E(1)), S::set(E(0))));
+}
+
+template <int NDIM, class S, typename T>
+void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, const int64_t* c, int64_t v,
+                       int64_t x) {
+  using L = LinearLanes<NDIM, S>;
+  using F = typename S::F;
+  const int64_t n = e.numel(), C = a.geo.channels;
+  const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
+  const Corners<NDIM, S> q(s, e, S::all_lanes());
+  CosineSums<S> sums;
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const int64_t plane = (b * C + ch) * n;
+    F vals[L::kCorners];
+    s.gather(a.moving + plane, q.coff, q.mask, vals);
+    sums.add(s.interpolate(vals, nullptr), S::load(a.fixed + plane + v));
+  }
+  gss_store_forward(a, e, b, v, s, sums);
+}
+
+// The forward on channel-innermost moving features mcl (cp values per
+// voxel): per block of S::L channels, each lane's sample is one vector, and
+// a transpose turns the lanes' vectors into one vector of lanes per channel.
+template <int NDIM, class S>
+void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const Extent<NDIM>& e, int64_t b,
+                    const int64_t* c, int64_t v, int64_t x) {
+  using F = typename S::F;
+  const int64_t n = e.numel(), C = a.geo.channels;
+  const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
+  const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, S::all_lanes()), false);
+  const float* base = mcl + b * n * cp;
+  CosineSums<S> sums;
+  for (int64_t c0 = 0; c0 < C; c0 += S::L) {
+    F w[S::L];
+    for (int l = 0; l < S::L; ++l) w[l] = lv.sample(l, base + c0, cp, nullptr);
+    S::transpose(w);
+    for (int j = 0; j < S::L && c0 + j < C; ++j) sums.add(w[j], S::load(a.fixed + (b * C + c0 + j) * n + v));
+  }
+  gss_store_forward(a, e, b, v, s, sums);
+}
+
+// The backward's per-lane coefficients (gss_coeffs) and the work of one
+// channel: the fixed-feature gradient is written, the displacement gradient
+// accumulated in gd, and the moving-feature gradient returned (to scatter).
+template <class S, typename T>
+struct GssLaneBackward {
+  using F = typename S::F;
+  using E = typename S::E;
+  const GssArgs<T>& a;
+  typename S::M live;
+  F kw1, kw2, kf2, sm, sf;
+  GssLaneBackward(const GssArgs<T>& args, F g, typename S::M live_lanes, const CosineSums<S>& r)
+      : a(args), live(live_lanes) {
+    const F zero = S::set(E(0)), eps = S::set(static_cast<E>(a.eps));
+    const F nw = S::sqrt(r.nw2), nf = S::sqrt(r.nf2);
+    const F an = S::max(nw, eps), bn = S::max(nf, eps);
+    const F kk = g / (an * bn);
+    kw1 = kk;
+    kw2 = S::select(S::gt(nw, eps), kk * r.dot / (an * an), zero);
+    kf2 = S::select(S::gt(nf, eps), kk * r.dot / (bn * bn), zero);
+    sm = S::set(static_cast<E>(a.scale_moving));
+    sf = S::set(static_cast<E>(a.scale_fixed));
+  }
+  template <int NDIM>
+  F channel(int64_t plane, int64_t v, F w, const F* dv, F* gd) const {
+    const F f = S::load(a.fixed + plane + v);
+    const F dw = kw1 * f - kw2 * w;
+    if (a.grad_fixed) S::store(a.grad_fixed + plane + v, S::select(live, sf * (kw1 * w - kf2 * f), S::set(E(0))));
+    for (int k = 0; k < NDIM; ++k) gd[k] = S::fma(dw, dv[k], gd[k]);
+    return sm * dw;
+  }
+};
+
+// Lanes none of whose voxels carries a gradient: zero gradients, nothing scattered.
+template <int NDIM, class S, typename T>
+void gss_dead_lanes(const GssArgs<T>& a, int64_t n, int64_t b, int64_t v) {
+  const typename S::F zero = S::set(typename S::E(0));
+  const int64_t C = a.geo.channels;
+  if (a.grad_fixed)
+    for (int64_t ch = 0; ch < C; ++ch) S::store(a.grad_fixed + (b * C + ch) * n + v, zero);
+  if (a.grad_ddf)
+    for (int k = 0; k < NDIM; ++k) S::store(a.grad_ddf + (b * NDIM + k) * n + v, zero);
+}
+
+template <int NDIM, class S, typename T>
+void gss_store_grad_ddf(const GssArgs<T>& a, int64_t n, int64_t b, int64_t v, typename S::M live,
+                        const typename S::F* gd) {
+  if (!a.grad_ddf) return;
+  const typename S::F sd = S::set(static_cast<typename S::E>(a.scale_ddf)), zero = S::set(typename S::E(0));
+  for (int k = 0; k < NDIM; ++k) S::store(a.grad_ddf + (b * NDIM + k) * n + v, S::select(live, sd * gd[k], zero));
 }
 
 template <int NDIM, class S, typename T>
@@ -62,16 +149,9 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
   using E = typename S::E;
   constexpr int K = L::kCorners;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const F zero = S::set(E(0));
   const F g = S::load(a.grad + b * n + v);
   const typename S::M live = S::nonzero(g);  // masked-out voxels: nothing flows
-  if (S::bits(live) == 0) {
-    if (a.grad_fixed)
-      for (int64_t ch = 0; ch < C; ++ch) S::store(a.grad_fixed + (b * C + ch) * n + v, zero);
-    if (a.grad_ddf)
-      for (int k = 0; k < NDIM; ++k) S::store(a.grad_ddf + (b * NDIM + k) * n + v, zero);
-    return;
-  }
+  if (S::bits(live) == 0) return gss_dead_lanes<NDIM, S>(a, n, b, v);
   const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const Corners<NDIM, S> q(s, e, live);
   // gathers read the moving features wherever the corner is inside (dead
@@ -88,65 +168,139 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
     s.gather(a.moving + (b * C + ch) * n, q.coff, inside, vals);
     return s.interpolate(vals, dv);
   };
-  F dot = zero, nw2 = zero, nf2 = zero;
+  CosineSums<S> sums;
   for (int64_t ch = 0; ch < C; ++ch) {
     const int64_t plane = (b * C + ch) * n;
     F vals[K], dv[NDIM];
     s.gather(a.moving + plane, q.coff, inside, vals);
-    const F w = s.interpolate(vals, dv), f = S::load(a.fixed + plane + v);
+    const F w = s.interpolate(vals, dv);
     if (ch < kKeep) {
       kept[ch][0] = w;
       for (int k = 0; k < NDIM; ++k) kept[ch][k + 1] = dv[k];
     }
-    dot = S::fma(w, f, dot);
-    nw2 = S::fma(w, w, nw2);
-    nf2 = S::fma(f, f, nf2);
+    sums.add(w, S::load(a.fixed + plane + v));
   }
-  // gss_coeffs
-  const F eps = S::set(static_cast<E>(a.eps));
-  const F nw = S::sqrt(nw2), nf = S::sqrt(nf2);
-  const F an = S::max(nw, eps), bn = S::max(nf, eps);
-  const F kk = g / (an * bn);
-  const F kw1 = kk, kw2 = S::select(S::gt(nw, eps), kk * dot / (an * an), zero);
-  const F kf2 = S::select(S::gt(nf, eps), kk * dot / (bn * bn), zero);
-  const F sm = S::set(static_cast<E>(a.scale_moving)), sf = S::set(static_cast<E>(a.scale_fixed));
+  const GssLaneBackward<S, T> lane(a, g, live, sums);
   F w8[K];
   if (target) s.weights(w8);
   const Scatter<NDIM, S> scatter(q, target ? C : 0);
   F gd[NDIM];
-  for (int k = 0; k < NDIM; ++k) gd[k] = zero;
+  for (int k = 0; k < NDIM; ++k) gd[k] = S::set(E(0));
   for (int64_t c0 = 0; c0 < C; c0 += kScatterBlock) {
     const int block = scatter_block(C, c0);
     F gm[kScatterBlock];
     for (int j = 0; j < block; ++j) {
-      const int64_t plane = (b * C + c0 + j) * n;
       F dv[NDIM];
-      const F w = warped(c0 + j, dv), f = S::load(a.fixed + plane + v);
-      const F dw = kw1 * f - kw2 * w;
-      if (a.grad_fixed) S::store(a.grad_fixed + plane + v, S::select(live, sf * (kw1 * w - kf2 * f), zero));
-      gm[j] = sm * dw;
-      for (int k = 0; k < NDIM; ++k) gd[k] = S::fma(dw, dv[k], gd[k]);
+      const F w = warped(c0 + j, dv);
+      gm[j] = lane.template channel<NDIM>((b * C + c0 + j) * n, v, w, dv, gd);
     }
     if (target) scatter.add(target + (b * C + c0) * n, n, block, gm, w8);
   }
-  if (a.grad_ddf) {
-    const F sd = S::set(static_cast<E>(a.scale_ddf));
-    for (int k = 0; k < NDIM; ++k) S::store(a.grad_ddf + (b * NDIM + k) * n + v, S::select(live, sd * gd[k], zero));
+  gss_store_grad_ddf<NDIM, S>(a, n, b, v, live, gd);
+}
+
+// The backward on channel-innermost moving features mcl, its moving-feature
+// gradient scattered into target with the same layout (when not null). Only
+// live lanes are sampled: a dead lane's results would be discarded.
+template <int NDIM, class S>
+void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const Extent<NDIM>& e, int64_t b,
+                     const int64_t* c, int64_t v, int64_t x, float* target) {
+  using F = typename S::F;
+  constexpr int W = S::L;
+  const int64_t n = e.numel(), C = a.geo.channels;
+  const F g = S::load(a.grad + b * n + v);
+  const typename S::M live = S::nonzero(g);
+  const unsigned live_bits = S::bits(live);
+  if (live_bits == 0) return gss_dead_lanes<NDIM, S>(a, n, b, v);
+  const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
+  const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, live), target != nullptr);
+  const float* base = mcl + b * n * cp;
+  // block of channels [c0, c0 + W): w[j] and dv[k][j], lanes innermost
+  auto block = [&](int64_t c0, F* w, F (*dv)[NDIM]) {
+    F d[NDIM][W];
+    for (int l = 0; l < W; ++l) {
+      F dl[NDIM];
+      w[l] = lv.sample(l, base + c0, cp, dl);
+      for (int k = 0; k < NDIM; ++k) d[k][l] = dl[k];
+    }
+    S::transpose(w);
+    for (int k = 0; k < NDIM; ++k) {
+      S::transpose(d[k]);
+      for (int j = 0; j < W; ++j) dv[j][k] = d[k][j];
+    }
+  };
+  static_assert(kKeep % W == 0, "kept channels are whole blocks");
+  F kept_w[kKeep], kept_dv[kKeep][NDIM];
+  CosineSums<S> sums;
+  for (int64_t c0 = 0; c0 < C; c0 += W) {
+    F w[W], dv[W][NDIM];
+    block(c0, w, dv);
+    for (int j = 0; j < W && c0 + j < C; ++j) {
+      sums.add(w[j], S::load(a.fixed + (b * C + c0 + j) * n + v));
+      if (c0 + j < kKeep) {
+        kept_w[c0 + j] = w[j];
+        for (int k = 0; k < NDIM; ++k) kept_dv[c0 + j][k] = dv[j][k];
+      }
+    }
   }
+  const GssLaneBackward<S, float> lane(a, g, live, sums);
+  F gd[NDIM];
+  for (int k = 0; k < NDIM; ++k) gd[k] = S::set(0.f);
+  for (int64_t c0 = 0; c0 < C; c0 += W) {
+    F w[W], dv[W][NDIM], gm[W];
+    if (c0 >= kKeep) block(c0, w, dv);
+    for (int j = 0; j < W; ++j) {
+      const int64_t ch = c0 + j;
+      if (ch >= C) {
+        gm[j] = S::set(0.f);
+        continue;
+      }
+      const F wj = ch < kKeep ? kept_w[ch] : w[j];
+      const F* dvj = ch < kKeep ? kept_dv[ch] : dv[j];
+      gm[j] = lane.template channel<NDIM>((b * C + ch) * n, v, wj, dvj, gd);
+    }
+    if (target) {
+      S::transpose(gm);
+      for (unsigned left = live_bits; left; left &= left - 1) {
+        const int l = __builtin_ctz(left);
+        lv.scatter(l, target + b * n * cp + c0, cp, gm[l]);
+      }
+    }
+  }
+  gss_store_grad_ddf<NDIM, S>(a, n, b, v, live, gd);
+}
+
+// Whether float features go channel-innermost (see lanes.h): where the
+// build has vector lanes and a voxel's channels fill at least half a vector.
+template <typename T>
+bool gss_channels_last(const GssArgs<T>& a) {
+  constexpr int L = simd::Widest<float>::type::L;
+  return std::is_same_v<T, float> && L > 1 && 2 * a.geo.channels >= L;
 }
 
 template <typename T>
 void gss_forward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    if (fits_int32(e)) {
-      for_rows<NDIM, T>(a.geo.batch, e, a.num_threads, a.geo.channels,
-                        [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-                          gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
-                        });
-    } else {
-      for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
+    const int64_t batch = a.geo.batch, C = a.geo.channels, n = e.numel();
+    if (!fits_int32(e)) {
+      for_voxels(batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
+    } else if constexpr (std::is_same_v<T, float>) {
+      if (gss_channels_last(a)) {
+        const int64_t cp = channels_padded(C);
+        const ZeroBuffer<float> mcl(batch * n * cp);
+        convert_channels<false>(a.moving, mcl.data(), batch, C, n, a.num_threads);
+        for_rows<NDIM, T>(batch, e, a.num_threads, C,
+                          [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                            gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), cp, e, b, c, v, x);
+                          });
+        return;
+      }
     }
+    if (fits_int32(e))
+      for_rows<NDIM, T>(batch, e, a.num_threads, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+        gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
+      });
   })
 }
 
@@ -169,29 +323,54 @@ void gss_backward_voxels(const GssArgs<T>& a, const Extent<NDIM>& e) {
                             });
 }
 
+// The row kernels' backward: the moving-feature gradient scattered (slabs
+// or per-thread buffers, see lanes.h) into `out` (items * values_per_item
+// values), by lanes(lanes_tag, b, coords, v, x, target).
+template <int NDIM, typename T, typename G, typename Lanes>
+void gss_backward_rows(const GssArgs<T>& a, const Extent<NDIM>& e, G* out, int64_t out_numel, Lanes&& lanes) {
+  const int64_t items = a.geo.batch * e.numel();
+  const int nt = threads_for(items, a.num_threads);
+  if (out)
+    scatter_rows(a.ddf, a.geo.batch, e, nt, out, out_numel, [&](int64_t r0, int64_t r1, G* into) {
+      for (int64_t r = r0; r < r1; ++r)
+        for_row<NDIM, T>(e, r, [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+          lanes(tag, b, c, v, x, into);
+        });
+    });
+  else
+    for_rows<NDIM, T>(a.geo.batch, e, nt, a.geo.channels,
+                      [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                        lanes(tag, b, c, v, x, static_cast<G*>(nullptr));
+                      });
+}
+
 template <typename T>
 void gss_backward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
+    const int64_t batch = a.geo.batch, C = a.geo.channels, n = e.numel();
     if (!fits_int32(e)) {
       gss_backward_voxels(a, e);
-    } else {
-      const int64_t items = a.geo.batch * e.numel();
-      const int nt = threads_for(items, a.num_threads);
-      auto run_rows = [&](int64_t r0, int64_t r1, T* into) {
-        for (int64_t r = r0; r < r1; ++r)
-          for_row<NDIM, T>(e, r, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-            gss_backward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x, into);
-          });
-      };
-      if (a.grad_moving)
-        scatter_rows(a.ddf, a.geo.batch, e, nt, a.grad_moving, items * a.geo.channels, run_rows);
-      else
-        for_rows<NDIM, T>(a.geo.batch, e, nt, a.geo.channels,
-                          [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-                            gss_backward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x, static_cast<T*>(nullptr));
-                          });
+      return;
     }
+    if constexpr (std::is_same_v<T, float>) {
+      if (gss_channels_last(a)) {
+        const int64_t cp = channels_padded(C);
+        const ZeroBuffer<float> mcl(batch * n * cp);
+        convert_channels<false>(a.moving, mcl.data(), batch, C, n, a.num_threads);
+        const ZeroBuffer<float> gcl(a.grad_moving ? batch * n * cp : 0);
+        gss_backward_rows(a, e, gcl.data(), batch * n * cp,
+                          [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, float* into) {
+                            gss_backward_cl<NDIM, decltype(tag)>(a, mcl.data(), cp, e, b, c, v, x, into);
+                          });
+        if (gcl.data()) convert_channels<true>(gcl.data(), a.grad_moving, batch, C, n, a.num_threads);
+        return;
+      }
+    }
+    gss_backward_rows(a, e, a.grad_moving, batch * C * n,
+                      [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, T* into) {
+                        gss_backward_lanes<NDIM, decltype(tag)>(a, e, b, c, v, x, into);
+                      });
   })
 }
 

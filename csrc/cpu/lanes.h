@@ -34,6 +34,45 @@ bool fits_int32(const Extent<NDIM>& e) {
   return e.numel() < (int64_t(1) << 29);
 }
 
+// Linear interpolation of the corner values v (corner c takes the upper
+// neighbour along axis k when bit NDIM - 1 - k is set) at fractions frac,
+// and (when dv) the derivative along each axis, times dclamp (when given).
+template <int NDIM, class S>
+typename S::F lerp_corners(const typename S::F* v, const typename S::F* frac, const typename S::F* dclamp,
+                           typename S::F* dv) {
+  using F = typename S::F;
+  if constexpr (NDIM == 3) {
+    const F fz = frac[0], fy = frac[1], fx = frac[2];
+    const F dx00 = v[1] - v[0], dx01 = v[3] - v[2], dx10 = v[5] - v[4], dx11 = v[7] - v[6];
+    const F a00 = S::fma(fx, dx00, v[0]), a01 = S::fma(fx, dx01, v[2]);
+    const F a10 = S::fma(fx, dx10, v[4]), a11 = S::fma(fx, dx11, v[6]);
+    const F dy0 = a01 - a00, dy1 = a11 - a10;
+    const F b0 = S::fma(fy, dy0, a00), b1 = S::fma(fy, dy1, a10);
+    const F dz = b1 - b0;
+    if (dv) {
+      const F ex0 = S::fma(fy, dx01 - dx00, dx00), ex1 = S::fma(fy, dx11 - dx10, dx10);
+      dv[0] = dz;
+      dv[1] = S::fma(fz, dy1 - dy0, dy0);
+      dv[2] = S::fma(fz, ex1 - ex0, ex0);
+    }
+    if (dv && dclamp)
+      for (int k = 0; k < 3; ++k) dv[k] = dv[k] * dclamp[k];
+    return S::fma(fz, dz, b0);
+  } else {
+    const F fy = frac[0], fx = frac[1];
+    const F dx0 = v[1] - v[0], dx1 = v[3] - v[2];
+    const F a0 = S::fma(fx, dx0, v[0]), a1 = S::fma(fx, dx1, v[2]);
+    const F dy = a1 - a0;
+    if (dv) {
+      dv[0] = dy;
+      dv[1] = S::fma(fy, dx1 - dx0, dx0);
+    }
+    if (dv && dclamp)
+      for (int k = 0; k < 2; ++k) dv[k] = dv[k] * dclamp[k];
+    return S::fma(fy, dy, a0);
+  }
+}
+
 // Linear interpolation weights and corners of S::L sample points.
 template <int NDIM, class S>
 struct LinearLanes {
@@ -105,34 +144,7 @@ struct LinearLanes {
   }
 
   // value at the points, and (when dv) its derivative along each axis
-  F interpolate(const F* v, F* dv) const {
-    if constexpr (NDIM == 3) {
-      const F fz = frac[0], fy = frac[1], fx = frac[2];
-      const F dx00 = v[1] - v[0], dx01 = v[3] - v[2], dx10 = v[5] - v[4], dx11 = v[7] - v[6];
-      const F a00 = S::fma(fx, dx00, v[0]), a01 = S::fma(fx, dx01, v[2]);
-      const F a10 = S::fma(fx, dx10, v[4]), a11 = S::fma(fx, dx11, v[6]);
-      const F dy0 = a01 - a00, dy1 = a11 - a10;
-      const F b0 = S::fma(fy, dy0, a00), b1 = S::fma(fy, dy1, a10);
-      const F dz = b1 - b0;
-      if (dv) {
-        const F ex0 = S::fma(fy, dx01 - dx00, dx00), ex1 = S::fma(fy, dx11 - dx10, dx10);
-        dv[0] = dz * dclamp[0];
-        dv[1] = S::fma(fz, dy1 - dy0, dy0) * dclamp[1];
-        dv[2] = S::fma(fz, ex1 - ex0, ex0) * dclamp[2];
-      }
-      return S::fma(fz, dz, b0);
-    } else {
-      const F fy = frac[0], fx = frac[1];
-      const F dx0 = v[1] - v[0], dx1 = v[3] - v[2];
-      const F a0 = S::fma(fx, dx0, v[0]), a1 = S::fma(fx, dx1, v[2]);
-      const F dy = a1 - a0;
-      if (dv) {
-        dv[0] = dy * dclamp[0];
-        dv[1] = S::fma(fy, dx1 - dx0, dx0) * dclamp[1];
-      }
-      return S::fma(fy, dy, a0);
-    }
-  }
+  F interpolate(const F* v, F* dv) const { return lerp_corners<NDIM, S>(v, frac, dclamp, dv); }
 };
 
 // Calls span(lanes_tag, b, coords, v, x) along row r of a batch of planes:
@@ -362,6 +374,113 @@ void scatter_rows(const T* ddf, int64_t batch, const Extent<NDIM>& e, int nt, G*
   ThreadBuffers<G> own(nt - 1, out_numel);
   for_ranges(rows, nt, [&](int64_t r0, int64_t r1, int t) { run_rows(r0, r1, t == 0 ? target : own.of(t)); });
   reduce_into(target, own, nt);
+}
+
+// ---- channels innermost ----
+// A copy of C-channel data with the channels of a voxel contiguous (stride
+// cp >= C values per voxel, padded with zeros to whole vectors) turns the
+// per-channel gathers of a sample's corners into vector loads of channels,
+// one cache line per corner where a plane-major layout touches one per
+// channel (csrc/cpu/gss.h).
+
+// The lanes of a LinearLanes one voxel at a time over channel-innermost
+// data: the lane's corners as vectors of S::L channels.
+template <int NDIM, class S>
+struct LaneVoxels {
+  using F = typename S::F;
+  static constexpr int K = 1 << NDIM;
+  alignas(64) int32_t off[S::L];
+  alignas(64) float frac[NDIM][S::L];
+  alignas(64) float w[K][S::L];  // weights, for a scatter
+  unsigned mask[K];               // corner k of lane l counts: bit l
+  int32_t coff[K];
+
+  LaneVoxels(const LinearLanes<NDIM, S>& s, const Corners<NDIM, S>& q, bool weights) {
+    S::store_int(off, s.off);
+    for (int k = 0; k < NDIM; ++k) S::store(frac[k], s.frac[k]);
+    for (int k = 0; k < K; ++k) {
+      mask[k] = S::bits(q.mask[k]);
+      coff[k] = q.coff[k];
+    }
+    if (weights) {
+      F wk[K];
+      s.weights(wk);
+      for (int k = 0; k < K; ++k) S::store(w[k], wk[k]);
+    }
+  }
+
+  // channels [c, c + S::L) of lane l's sample (zeros padding, no clamp); base
+  // points at channel c of voxel 0, cp values per voxel
+  F sample(int l, const float* base, int64_t cp, F* dv) const {
+    F vals[K], fr[NDIM];
+    const int64_t o = off[l];
+    for (int k = 0; k < K; ++k) vals[k] = (mask[k] >> l) & 1u ? S::load(base + (o + coff[k]) * cp) : S::set(0.f);
+    for (int k = 0; k < NDIM; ++k) fr[k] = S::set(frac[k][l]);
+    return lerp_corners<NDIM, S>(vals, fr, nullptr, dv);
+  }
+
+  // the adjoint of sample: g (channels [c, c + S::L)) spread onto lane l's corners
+  void scatter(int l, float* base, int64_t cp, F g) const {
+    const int64_t o = off[l];
+    for (int k = 0; k < K; ++k)
+      if ((mask[k] >> l) & 1u) {
+        float* t = base + (o + coff[k]) * cp;
+        S::store(t, S::fma(S::set(w[k][l]), g, S::load(t)));
+      }
+  }
+};
+
+// Values per voxel of the channel-innermost copy of C channels: whole vectors.
+inline int64_t channels_padded(int64_t channels) {
+  constexpr int64_t L = simd::Widest<float>::type::L;
+  return (channels + L - 1) / L * L;
+}
+
+// out (batch, n, cp) = in (batch, C, n) with channels innermost; add: out
+// (batch, C, n) += in (batch, n, cp). Vectors of L voxels by L channels go
+// through registers (S::transpose). out of the copy starts zero-filled
+// (ZeroBuffer): its padding channels stay zeros.
+template <bool kAdd>
+void convert_channels(const float* in, float* out, int64_t batch, int64_t C, int64_t n, int num_threads) {
+  using V = typename simd::Widest<float>::type;
+  using F = typename V::F;
+  constexpr int L = V::L;
+  const int64_t cp = channels_padded(C), chunks = (n + L - 1) / L;
+  parallel_for(
+      batch * chunks, num_threads,
+      [&](int64_t i) {
+        const int64_t b = i / chunks, v0 = (i - b * chunks) * L;
+        const float* planes = kAdd ? nullptr : in + b * C * n;
+        float* out_planes = kAdd ? out + b * C * n : nullptr;
+        const float* cl_in = kAdd ? in + b * n * cp : nullptr;
+        float* cl_out = kAdd ? nullptr : out + b * n * cp;
+        if (v0 + L > n) {  // the last voxels, one at a time
+          for (int64_t v = v0; v < n; ++v)
+            for (int64_t ch = 0; ch < C; ++ch) {
+              if constexpr (kAdd)
+                out_planes[ch * n + v] += cl_in[v * cp + ch];
+              else
+                cl_out[v * cp + ch] = planes[ch * n + v];
+            }
+          return;
+        }
+        for (int64_t c0 = 0; c0 < cp; c0 += L) {
+          F r[L];
+          if constexpr (kAdd) {
+            for (int l = 0; l < L; ++l) r[l] = V::load(cl_in + (v0 + l) * cp + c0);
+            V::transpose(r);
+            for (int j = 0; j < L && c0 + j < C; ++j) {
+              float* p = out_planes + (c0 + j) * n + v0;
+              V::store(p, V::load(p) + r[j]);
+            }
+          } else {
+            for (int j = 0; j < L; ++j) r[j] = c0 + j < C ? V::load(planes + (c0 + j) * n + v0) : V::set(0.f);
+            V::transpose(r);
+            for (int l = 0; l < L; ++l) V::store(cl_out + (v0 + l) * cp + c0, r[l]);
+          }
+        }
+      },
+      L * cp);
 }
 
 }  // namespace cpu

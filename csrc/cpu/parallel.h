@@ -15,6 +15,10 @@
 #include <cstdlib>
 #include <new>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "gemini/voxel_math.h"
 
 namespace gemini {
@@ -92,23 +96,61 @@ inline bool partitions_channels(int64_t channels, int nt) {
   return channels >= nt && (channels % nt == 0 || channels >= 4 * nt);
 }
 
-// Zero-filled buffers, one per extra thread: calloc maps fresh zero pages,
-// so each thread faults in only the pages it touches, in parallel, instead
-// of one thread zero-filling them all first.
+// Zero-filled memory for a kernel's own buffers, mapped fresh and, on Linux,
+// advised into transparent huge pages: a 4 KiB page costs about 1.6 us to
+// fault in on the machines measured (56 MB: 22 ms), a 2 MiB one about what
+// it takes to clear it (56 MB: 5 ms). Each thread faults in only the pages
+// it touches, in parallel, instead of one thread zero-filling them all first.
+template <typename G>
+class ZeroBuffer {
+ public:
+  // count 0: no memory (data() is null)
+  explicit ZeroBuffer(int64_t count) {
+    if (count <= 0) return;
+    const size_t bytes = static_cast<size_t>(count) * sizeof(G);
+#if defined(__linux__)
+    constexpr size_t kHuge = size_t(1) << 21;
+    if (bytes >= kHuge) {
+      length_ = bytes + kHuge;  // room to start on a huge-page boundary
+      void* m = mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) throw std::bad_alloc();
+      map_ = m;
+      const uintptr_t start = (reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~(kHuge - 1);
+      madvise(reinterpret_cast<void*>(start), bytes, MADV_HUGEPAGE);  // advice: failure is harmless
+      data_ = reinterpret_cast<G*>(start);
+      return;
+    }
+#endif
+    data_ = static_cast<G*>(std::calloc(bytes, 1));
+    if (!data_) throw std::bad_alloc();
+  }
+  ~ZeroBuffer() {
+#if defined(__linux__)
+    if (map_) {
+      munmap(map_, length_);
+      return;
+    }
+#endif
+    std::free(data_);
+  }
+  ZeroBuffer(const ZeroBuffer&) = delete;
+  ZeroBuffer& operator=(const ZeroBuffer&) = delete;
+  G* data() const { return data_; }
+
+ private:
+  G* data_ = nullptr;
+  void* map_ = nullptr;
+  size_t length_ = 0;
+};
+
+// Zero-filled buffers, one per extra thread.
 template <typename G>
 struct ThreadBuffers {
-  G* data;
+  ZeroBuffer<G> all;
   int64_t numel;
-  ThreadBuffers(int count, int64_t n) : numel(n) {
-    data = static_cast<G*>(std::calloc(static_cast<size_t>(count) * n > 0 ? static_cast<size_t>(count) * n : 1,
-                                       sizeof(G)));
-    if (!data) throw std::bad_alloc();
-  }
-  ~ThreadBuffers() { std::free(data); }
-  ThreadBuffers(const ThreadBuffers&) = delete;
-  ThreadBuffers& operator=(const ThreadBuffers&) = delete;
+  ThreadBuffers(int count, int64_t n) : all(static_cast<int64_t>(count) * n), numel(n) {}
   // thread t > 0 writes here (thread 0 writes into the output)
-  G* of(int t) const { return data + (t - 1) * numel; }
+  G* of(int t) const { return all.data() + (t - 1) * numel; }
 };
 
 // out[j] += sum over threads of their buffers

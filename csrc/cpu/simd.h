@@ -69,6 +69,7 @@ struct Scalar {
   static constexpr unsigned kAll = 1u;
   static void store_int(int32_t* p, I v) { *p = v; }
   static constexpr bool kGroupedScatter = false;  // one lane: nothing to group
+  static void transpose(F*) {}
 };
 
 #if GEMINI_ISA_LEVEL >= 1
@@ -125,6 +126,24 @@ struct Avx2 {
   // scatters lane by lane (lanes.h): vector groups with vmaskmovps measured
   // slower (AMD Zen 5)
   static constexpr bool kGroupedScatter = false;
+  // r[i] lane j <-> r[j] lane i (8 x 8)
+  static void transpose(F* r) {
+    F t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+      r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+  }
 };
 #endif
 
@@ -200,6 +219,33 @@ struct Avx512 {
     const F add = _mm512_maskz_mov_ps(lo_m, lo) + _mm512_castsi512_ps(hi_up);
     _mm512_mask_storeu_ps(p, at, _mm512_maskz_loadu_ps(at, p) + add);
     if (hi_m >> 15) p[16] += _mm512_cvtss_f32(_mm512_permutexvar_ps(_mm512_set1_epi32(15), hi));
+  }
+  // r[i] lane j <-> r[j] lane i (16 x 16): 4 x 4 blocks within 128-bit
+  // lanes, then the 128-bit lanes across rows i, i + 4, i + 8, i + 12
+  static void transpose(F* r) {
+    F t[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+      const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+      r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+      r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+      r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+      r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int i = 0; i < 4; ++i) {
+      const F ab0 = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88), ab1 = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+      const F cd0 = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+      const F cd1 = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+      t[i] = _mm512_shuffle_f32x4(ab0, cd0, 0x88);
+      t[i + 8] = _mm512_shuffle_f32x4(ab0, cd0, 0xDD);
+      t[i + 4] = _mm512_shuffle_f32x4(ab1, cd1, 0x88);
+      t[i + 12] = _mm512_shuffle_f32x4(ab1, cd1, 0xDD);
+    }
+    for (int i = 0; i < 16; ++i) r[i] = t[i];
   }
 };
 #endif

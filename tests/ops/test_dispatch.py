@@ -127,18 +127,43 @@ def test_integrate_many_steps_checkpointed(path):
     _check(out, ref, (v,), (v,), torch.float64, what=path)
 
 
-@pytest.mark.parametrize("channels", [3, 37])
-def test_gss_float_lanes(path, threads, channels):
-    """float32 GSS on full lanes and tails; 37 channels: more than the
-    backward keeps between its passes (it gathers those again)."""
-    spatial = (11, 6, 21)
+@pytest.mark.parametrize("channels", [3, 5, 8, 16, 37])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_gss_float_lanes(path, threads, channels, ndim):
+    """float32 GSS on full lanes and tails. From half a vector of channels
+    (AVX2: 4, AVX-512: 8) the moving features go channel-innermost
+    (csrc/cpu/gss.h), padded to whole vectors (5, 37); 37 channels: more
+    than the backward keeps between its passes (it samples those again).
+    Half the voxels carry no gradient, a whole row of lanes included."""
+    spatial = (11, 6, 21) if ndim == 3 else (9, 37)
     fm = randn((2, channels, *spatial), torch.float32, 13).requires_grad_()
     ff = randn((2, channels, *spatial), torch.float32, 14).requires_grad_()
-    ddf = random_ddf(2, 3, spatial, torch.float32, 15).requires_grad_()
+    ddf = random_ddf(2, ndim, spatial, torch.float32, 15).requires_grad_()
     leaves = [t.detach().double().requires_grad_() for t in (fm, ff, ddf)]
+    keep = (torch.rand(2, 1, *spatial, generator=torch.Generator().manual_seed(16)) < 0.5).double()
+    keep[:, :, 1] = 0
     out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
     ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
-    _check(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+    _check(out * keep.float(), ref * keep, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+
+
+@pytest.mark.parametrize(("batch", "max_abs"), [(2, 1.5), (1, 9.0)], ids=["slabs", "buffers"])
+def test_gss_scatter_slabs_and_buffers(path, batch, max_abs):
+    """The channel-innermost GSS backward on two threads: its moving-feature
+    gradient is scattered in slabs or into per-thread buffers, as warp's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spatial = (40, 9, 18)
+        fm = randn((batch, 16, *spatial), torch.float32, 17).requires_grad_()
+        ff = randn((batch, 16, *spatial), torch.float32, 18).requires_grad_()
+        ddf = smooth_field(batch, 3, spatial, 19, max_abs=max_abs, dtype=torch.float32).requires_grad_()
+        leaves = [t.detach().double().requires_grad_() for t in (fm, ff, ddf)]
+        out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+        ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
+        _check(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize(("batch", "max_abs"), [(2, 1.5), (1, 9.0)], ids=["slabs", "buffers"])
