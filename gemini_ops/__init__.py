@@ -55,6 +55,7 @@ __all__ = [
     "folding_fraction",
     "masked_mean",
     "set_finite_checks",
+    "all_finite",
     "Warp",
     "VelocityIntegrator",
     "GSSLoss",
