@@ -28,6 +28,8 @@ struct CudaPolicy {
     c10::cuda::CUDAGuard guard;
   };
   static void* stream(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::empty(sizes, o); }
+  static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::zeros(sizes, o); }
   static constexpr bool kHalfTypes = true;
   static constexpr bool kCpuScratch = false;
   static constexpr bool kNccBuffers = true;

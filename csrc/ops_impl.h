@@ -19,6 +19,7 @@
 
 #include "gemini/params.h"
 #include "gemini/voxel_math.h"
+#include "gemini/zero_pages.h"
 
 namespace gemini {
 
@@ -113,7 +114,7 @@ struct Ops {
     check_field(ddf_, "ddf", image_, "image");
     typename Policy::Guard guard(image_);
     const at::Tensor image = image_.contiguous(), ddf = ddf_.contiguous();
-    at::Tensor out = at::empty_like(image);
+    at::Tensor out = Policy::empty(image.sizes(), image.options());
     const int m = parse_mode(mode), p = parse_padding(padding);
     dispatch(image.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
@@ -136,8 +137,8 @@ struct Ops {
     typename Policy::Guard guard(image_);
     const at::Tensor image = image_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
     const at::ScalarType acc = acc_dtype(image.scalar_type());
-    at::Tensor gi = image_grad ? at::zeros(image.sizes(), image.options().dtype(acc)) : empty_result(image);
-    at::Tensor gd = ddf_grad ? at::empty_like(ddf) : empty_result(ddf);
+    at::Tensor gi = image_grad ? Policy::zeros(image.sizes(), image.options().dtype(acc)) : empty_result(image);
+    at::Tensor gd = ddf_grad ? Policy::empty(ddf.sizes(), ddf.options()) : empty_result(ddf);
     const int m = parse_mode(mode), p = parse_padding(padding);
     if (image_grad || ddf_grad) {
       dispatch(image.scalar_type(), [&](auto tag) {
@@ -200,7 +201,9 @@ struct Ops {
 
   // u_0 = velocity / 2^num_steps in the working dtype
   static at::Tensor first_level(const at::Tensor& velocity, int64_t num_steps) {
-    return velocity.to(acc_dtype(velocity.scalar_type())).contiguous().mul(std::ldexp(1.0, -static_cast<int>(num_steps)));
+    const at::Tensor v = velocity.to(acc_dtype(velocity.scalar_type()));
+    at::Tensor u = Policy::empty(v.sizes(), v.options());
+    return at::mul_out(u, v, at::scalar_tensor(std::ldexp(1.0, -static_cast<int>(num_steps)), v.options()));
   }
 
   // `steps` squarings from `first`: level k (k squarings) goes to `last`
@@ -212,7 +215,7 @@ struct Ops {
     const int64_t kept = last.defined() ? std::max<int64_t>(steps - 1, 0) / every : steps / every;
     std::vector<int64_t> shape{kept};
     for (int64_t s : first.sizes()) shape.push_back(s);
-    at::Tensor fields = at::empty(shape, first.options()), scratch[2];
+    at::Tensor fields = Policy::empty(shape, first.options()), scratch[2];
     at::Tensor prev = first;
     for (int64_t k = 1, w = 0; k <= steps; ++k) {
       at::Tensor dst;
@@ -221,7 +224,7 @@ struct Ops {
       } else if (k % every == 0) {
         dst = fields[k / every - 1];
       } else {
-        if (!scratch[w].defined()) scratch[w] = at::empty_like(first);
+        if (!scratch[w].defined()) scratch[w] = Policy::empty(first.sizes(), first.options());
         dst = scratch[w];
         w ^= 1;
       }
@@ -237,7 +240,7 @@ struct Ops {
     typename Policy::Guard guard(velocity);
     if (num_steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
     // two fields in all: nothing is kept for a backward
-    at::Tensor u = first_level(velocity, num_steps), next = at::empty_like(u);
+    at::Tensor u = first_level(velocity, num_steps), next = Policy::empty(u.sizes(), u.options());
     for (int64_t k = 0; k < num_steps; ++k) {
       square(u, next, p);
       std::swap(u, next);
@@ -257,7 +260,7 @@ struct Ops {
     typename Policy::Guard guard(velocity);
     const at::Tensor u0 = first_level(velocity, num_steps);
     if (num_steps == 0) return {velocity.clone(at::MemoryFormat::Contiguous), squarings(u0, 0, every, u0, p)};
-    at::Tensor out = at::empty_like(u0);
+    at::Tensor out = Policy::empty(u0.sizes(), u0.options());
     at::Tensor fields = squarings(u0, num_steps, every, out, p);
     return {out.to(velocity.scalar_type()), fields};
   }
@@ -290,7 +293,7 @@ struct Ops {
     // backwards segment by segment; g is only read (it may be autograd's), as
     // are the checkpoints; the gradient alternates between two buffers
     at::Tensor g = grad.to(u0.scalar_type()).contiguous();
-    at::Tensor buf[2] = {at::empty_like(u0), at::empty_like(u0)};
+    at::Tensor buf[2] = {Policy::empty(u0.sizes(), u0.options()), Policy::empty(u0.sizes(), u0.options())};
     int w = 0;
     for (int64_t s = count; s >= 0; --s) {
       const at::Tensor first = s ? ckpt[s - 1] : u0;
@@ -348,7 +351,7 @@ struct Ops {
     const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous();
     std::vector<int64_t> shape = fm.sizes().vec();
     shape[1] = 1;
-    at::Tensor cos = at::empty(shape, fm.options()), mask = at::empty(shape, fm.options());
+    at::Tensor cos = Policy::empty(shape, fm.options()), mask = Policy::empty(shape, fm.options());
     dispatch(fm.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
@@ -370,11 +373,11 @@ struct Ops {
     typename Policy::Guard guard(fm_);
     const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
     const at::ScalarType acc = acc_dtype(fm.scalar_type());
-    at::Tensor gm = scale_moving != 0 ? at::zeros(fm.sizes(), fm.options().dtype(acc)) : empty_result(fm);
-    at::Tensor gf = scale_fixed != 0 ? at::empty_like(ff) : empty_result(ff);
-    at::Tensor gd = scale_ddf != 0 ? at::empty_like(ddf) : empty_result(ddf);
+    at::Tensor gm = scale_moving != 0 ? Policy::zeros(fm.sizes(), fm.options().dtype(acc)) : empty_result(fm);
+    at::Tensor gf = scale_fixed != 0 ? Policy::empty(ff.sizes(), ff.options()) : empty_result(ff);
+    at::Tensor gd = scale_ddf != 0 ? Policy::empty(ddf.sizes(), ddf.options()) : empty_result(ddf);
     at::Tensor scratch;
-    if (Policy::kCpuScratch && scale_moving != 0) scratch = at::empty({3 * grad.numel()}, fm.options().dtype(acc));
+    if (Policy::kCpuScratch && scale_moving != 0) scratch = Policy::empty({3 * grad.numel()}, fm.options().dtype(acc));
     dispatch(fm.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
@@ -419,14 +422,14 @@ struct Ops {
   }
 
   static at::Tensor ncc_buffer(const at::Tensor& a) {
-    return at::empty({Policy::kNccBuffers ? 5 * a.numel() : 0}, a.options().dtype(acc_dtype(a.scalar_type())));
+    return Policy::empty({Policy::kNccBuffers ? 5 * a.numel() : 0}, a.options().dtype(acc_dtype(a.scalar_type())));
   }
 
   static at::Tensor local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window, bool squared, double eps) {
     check_ncc(a_, b_, window);
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous();
-    at::Tensor out = at::empty_like(a);
+    at::Tensor out = Policy::empty(a.sizes(), a.options());
     const at::Tensor buf0 = ncc_buffer(a), buf1 = ncc_buffer(a);
     dispatch(a.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
@@ -446,8 +449,8 @@ struct Ops {
                 grad_.sizes());
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous(), grad = grad_.contiguous();
-    at::Tensor ga = a_grad ? at::empty_like(a) : empty_result(a);
-    at::Tensor gb = b_grad ? at::empty_like(b) : empty_result(b);
+    at::Tensor ga = a_grad ? Policy::empty(a.sizes(), a.options()) : empty_result(a);
+    at::Tensor gb = b_grad ? Policy::empty(b.sizes(), b.options()) : empty_result(b);
     if (!(a_grad || b_grad)) return {ga, gb};
     const at::Tensor buf0 = ncc_buffer(a), buf1 = ncc_buffer(a);
     dispatch(a.scalar_type(), [&](auto tag) {
@@ -475,10 +478,24 @@ struct Ops {
 };
 
 // Host tensors: no device guard, no stream.
+// Host tensors of the ops (outputs and buffers) on zero pages from
+// kZeroPagesFrom bytes on (gemini/zero_pages.h): torch's allocator gives
+// huge pages only to every tensor of a process, with THP_MEM_ALLOC_ENABLE=1.
+inline at::Tensor host_tensor(at::IntArrayRef sizes, const at::TensorOptions& options, bool zeroed) {
+  const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  void* map = nullptr;
+  size_t length = 0;
+  if (void* data = map_zero_pages(bytes, &map, &length))
+    return at::from_blob(data, sizes, [map, length](void*) { unmap_zero_pages(map, length); }, options);
+  return zeroed ? at::zeros(sizes, options) : at::empty(sizes, options);
+}
+
 struct HostPolicy {
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return host_tensor(sizes, o, false); }
+  static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return host_tensor(sizes, o, true); }
   static void* stream(const at::Tensor&) { return nullptr; }
   static constexpr bool kHalfTypes = false;
   static constexpr bool kCpuScratch = true;

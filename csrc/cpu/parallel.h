@@ -15,11 +15,8 @@
 #include <cstdlib>
 #include <new>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "gemini/voxel_math.h"
+#include "gemini/zero_pages.h"
 
 namespace gemini {
 GEMINI_ISA_BEGIN
@@ -96,11 +93,9 @@ inline bool partitions_channels(int64_t channels, int nt) {
   return channels >= nt && (channels % nt == 0 || channels >= 4 * nt);
 }
 
-// Zero-filled memory for a kernel's own buffers, mapped fresh and, on Linux,
-// advised into transparent huge pages: a 4 KiB page costs about 1.6 us to
-// fault in on the machines measured (56 MB: 22 ms), a 2 MiB one about what
-// it takes to clear it (56 MB: 5 ms). Each thread faults in only the pages
-// it touches, in parallel, instead of one thread zero-filling them all first.
+// A kernel's own zero-filled buffer (gemini/zero_pages.h; small ones from
+// calloc). Each thread faults in only the pages it touches, in parallel,
+// instead of one thread zero-filling them all first.
 template <typename G>
 class ZeroBuffer {
  public:
@@ -108,30 +103,15 @@ class ZeroBuffer {
   explicit ZeroBuffer(int64_t count) {
     if (count <= 0) return;
     const size_t bytes = static_cast<size_t>(count) * sizeof(G);
-#if defined(__linux__)
-    constexpr size_t kHuge = size_t(1) << 21;
-    if (bytes >= kHuge) {
-      length_ = bytes + kHuge;  // room to start on a huge-page boundary
-      void* m = mmap(nullptr, length_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (m == MAP_FAILED) throw std::bad_alloc();
-      map_ = m;
-      const uintptr_t start = (reinterpret_cast<uintptr_t>(m) + kHuge - 1) & ~(kHuge - 1);
-      madvise(reinterpret_cast<void*>(start), bytes, MADV_HUGEPAGE);  // advice: failure is harmless
-      data_ = reinterpret_cast<G*>(start);
-      return;
-    }
-#endif
-    data_ = static_cast<G*>(std::calloc(bytes, 1));
+    data_ = static_cast<G*>(map_zero_pages(bytes, &map_, &length_));
+    if (!data_) data_ = static_cast<G*>(std::calloc(bytes, 1));
     if (!data_) throw std::bad_alloc();
   }
   ~ZeroBuffer() {
-#if defined(__linux__)
-    if (map_) {
-      munmap(map_, length_);
-      return;
-    }
-#endif
-    std::free(data_);
+    if (map_)
+      unmap_zero_pages(map_, length_);
+    else
+      std::free(data_);
   }
   ZeroBuffer(const ZeroBuffer&) = delete;
   ZeroBuffer& operator=(const ZeroBuffer&) = delete;
