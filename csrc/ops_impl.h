@@ -479,8 +479,9 @@ struct Ops {
 
 // Host tensors: no device guard, no stream.
 // Host tensors of the ops (outputs and buffers) on zero pages from
-// kZeroPagesFrom bytes on (gemini/zero_pages.h): torch's allocator gives
-// huge pages only to every tensor of a process, with THP_MEM_ALLOC_ENABLE=1.
+// kZeroPagesFrom bytes on (gemini/zero_pages.h), so that a large zeroed
+// output needs no fill: torch's allocator gives huge pages only to every
+// tensor of a process, with THP_MEM_ALLOC_ENABLE=1.
 inline at::Tensor host_tensor(at::IntArrayRef sizes, const at::TensorOptions& options, bool zeroed) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
   void* map = nullptr;

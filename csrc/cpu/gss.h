@@ -3,8 +3,13 @@
 // spatial derivative, kept for up to kKeep channels), the cosine's
 // coefficients follow, and a second pass over the kept values writes the
 // fixed-feature and displacement gradients and scatters the moving-feature
-// gradient (slabs or per-thread buffers, see lanes.h). Huge planes take the
-// per-voxel code of voxel_ops.h with a coefficient buffer.
+// gradient (slabs or per-thread buffers, see lanes.h). Float features of at
+// least half a vector of channels go channel-innermost first (a copy; the
+// moving-feature gradient scattered into another, then added back): a
+// corner's channels are then vector loads instead of one gather each, and
+// one cache line instead of one per channel (at 96^3, 16 channels, one
+// thread: fwd+bwd 270 -> 148 ms). Huge planes take the per-voxel code of
+// voxel_ops.h with a coefficient buffer.
 #pragma once
 
 #include <type_traits>

@@ -38,7 +38,7 @@ bool fits_int32(const Extent<NDIM>& e) {
 // neighbour along axis k when bit NDIM - 1 - k is set) at fractions frac,
 // and (when dv) the derivative along each axis, times dclamp (when given).
 template <int NDIM, class S>
-typename S::F lerp_corners(const typename S::F* v, const typename S::F* frac, const typename S::F* dclamp,
+[[gnu::always_inline]] inline typename S::F lerp_corners(const typename S::F* v, const typename S::F* frac, const typename S::F* dclamp,
                            typename S::F* dv) {
   using F = typename S::F;
   if constexpr (NDIM == 3) {
@@ -411,7 +411,7 @@ struct LaneVoxels {
 
   // channels [c, c + S::L) of lane l's sample (zeros padding, no clamp); base
   // points at channel c of voxel 0, cp values per voxel
-  F sample(int l, const float* base, int64_t cp, F* dv) const {
+  [[gnu::always_inline]] F sample(int l, const float* base, int64_t cp, F* dv) const {
     F vals[K], fr[NDIM];
     const int64_t o = off[l];
     for (int k = 0; k < K; ++k) vals[k] = (mask[k] >> l) & 1u ? S::load(base + (o + coff[k]) * cp) : S::set(0.f);

@@ -13,10 +13,11 @@ void* map_zero_pages(size_t bytes, void** map, size_t* length) {
   *length = 0;
 #if defined(__linux__)
   if (bytes < kZeroPagesFrom) return nullptr;
-  const size_t len = bytes + kZeroPagesFrom;  // room to start on a huge-page boundary
+  constexpr size_t kHugePage = size_t(1) << 21;
+  const size_t len = bytes + kHugePage;  // room to start on a huge-page boundary
   void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return nullptr;
-  const uintptr_t start = (reinterpret_cast<uintptr_t>(m) + kZeroPagesFrom - 1) & ~uintptr_t(kZeroPagesFrom - 1);
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(m) + kHugePage - 1) & ~uintptr_t(kHugePage - 1);
   madvise(reinterpret_cast<void*>(start), bytes, MADV_HUGEPAGE);  // advice: where refused, 4 KiB pages
   *map = m;
   *length = len;

@@ -4,7 +4,7 @@ or give each thread its own buffer (C < threads or uneven), vs the reference."""
 
 import pytest
 import torch
-from opsutil import randn, smooth_field
+from opsutil import avoid_ties, randn, smooth_field
 
 import gemini_ops
 from gemini_ops import reference
@@ -113,3 +113,30 @@ def test_local_ncc_plane_slabs(spatial, threads, four_threads):
             _close(out, ref)
             for g, r in zip(_grads(out, (a, b), 8), ref_grads):
                 _close(g, r)
+
+
+def test_large_outputs_on_zero_pages(tmp_path):
+    """From 16 MiB on the CPU ops' outputs are mapped zero pages
+    (csrc/include/gemini/zero_pages.h): GSS with 16 channels at 64^3 (16 MiB
+    per feature gradient, the moving one scattered into such zeros) matches
+    the reference, its gradients accumulate in place, and they survive
+    torch.save / torch.load."""
+    torch.set_num_threads(2)
+    spatial = (64, 64, 64)
+    fm = randn((1, 16, *spatial), torch.float32, 21).requires_grad_()
+    ff = randn((1, 16, *spatial), torch.float32, 22).requires_grad_()
+    ddf = avoid_ties(smooth_field(1, 3, spatial, 23, max_abs=4.0)).float().requires_grad_()
+    leaves = [t.detach().double().requires_grad_() for t in (fm, ff, ddf)]
+    out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+    ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    w = randn(out.shape, torch.float64, 24)
+    ref_grads = torch.autograd.grad((ref * w).sum(), leaves)
+    for _ in range(2):
+        (out * w.float()).sum().backward(retain_graph=True)
+    assert not fm.grad.untyped_storage().resizable(), "the gradient should come from mapped zero pages"
+    for got, want in zip((fm.grad, ff.grad, ddf.grad), ref_grads):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got.double(), 2 * want, rtol=1e-3, atol=1e-4 * scale)
+    torch.save(fm.grad, tmp_path / "g.pt")
+    torch.testing.assert_close(torch.load(tmp_path / "g.pt"), fm.grad, rtol=0, atol=0)

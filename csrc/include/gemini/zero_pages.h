@@ -13,7 +13,7 @@
 namespace gemini {
 
 // Buffers from this size on are mapped (smaller ones: the caller's allocator).
-constexpr size_t kZeroPagesFrom = size_t(1) << 21;
+constexpr size_t kZeroPagesFrom = size_t(1) << 24;
 
 // `bytes` zeroed bytes starting on a huge-page boundary, or null (too small,
 // not Linux, or no mapping to be had); *map and *length are what
