@@ -266,10 +266,8 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
     }
     if (target) {
       S::transpose(gm);
-      for (unsigned left = live_bits; left; left &= left - 1) {
-        const int l = __builtin_ctz(left);
-        lv.scatter(l, target + b * n * cp + c0, cp, gm[l]);
-      }
+      for (int l = 0; l < W; ++l)
+        if ((live_bits >> l) & 1u) lv.scatter(l, target + b * n * cp + c0, cp, gm[l]);
     }
   }
   gss_store_grad_ddf<NDIM, S>(a, n, b, v, live, gd);
