@@ -8,7 +8,7 @@
 // moving-feature gradient scattered into another, then added back): a
 // corner's channels are then vector loads instead of one gather each, and
 // one cache line instead of one per channel (at 96^3, 16 channels, one
-// thread: fwd+bwd 270 -> 148 ms). Huge planes take the per-voxel code of
+// thread, AVX-512: fwd+bwd 270 -> 148 ms). Huge planes take the per-voxel code of
 // voxel_ops.h with a coefficient buffer.
 #pragma once
 
@@ -220,7 +220,7 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
   const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, live), target != nullptr);
   const float* base = mcl + b * n * cp;
-  // block of channels [c0, c0 + W): w[j] and dv[k][j], lanes innermost
+  // channels [c0, c0 + W): w[j] and dv[j][k] of channel c0 + j, vectors of lanes
   auto block = [&](int64_t c0, F* w, F (*dv)[NDIM]) {
     F d[NDIM][W];
     for (int l = 0; l < W; ++l) {
