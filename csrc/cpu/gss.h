@@ -8,8 +8,8 @@
 // moving-feature gradient scattered into another, then added back): a
 // corner's channels are then vector loads instead of one gather each, and
 // one cache line instead of one per channel (at 96^3, 16 channels, one
-// thread, AVX-512: fwd+bwd 270 -> 148 ms). Huge planes take the per-voxel code of
-// voxel_ops.h with a coefficient buffer.
+// thread, AVX-512: fwd+bwd 270 -> 148 ms). Huge planes take the per-voxel
+// code of voxel_ops.h with a coefficient buffer.
 #pragma once
 
 #include <type_traits>
