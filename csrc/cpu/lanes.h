@@ -38,8 +38,8 @@ bool fits_int32(const Extent<NDIM>& e) {
 // neighbour along axis k when bit NDIM - 1 - k is set) at fractions frac,
 // and (when dv) the derivative along each axis, times dclamp (when given).
 template <int NDIM, class S>
-[[gnu::always_inline]] inline typename S::F lerp_corners(const typename S::F* v, const typename S::F* frac, const typename S::F* dclamp,
-                           typename S::F* dv) {
+[[gnu::always_inline]] inline typename S::F lerp_corners(const typename S::F* v, const typename S::F* frac,
+                                                        const typename S::F* dclamp, typename S::F* dv) {
   using F = typename S::F;
   if constexpr (NDIM == 3) {
     const F fz = frac[0], fy = frac[1], fx = frac[2];
