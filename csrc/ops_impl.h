@@ -203,7 +203,7 @@ struct Ops {
   static at::Tensor first_level(const at::Tensor& velocity, int64_t num_steps) {
     const at::Tensor v = velocity.to(acc_dtype(velocity.scalar_type()));
     at::Tensor u = Policy::empty(v.sizes(), v.options());
-    return at::mul_out(u, v, at::scalar_tensor(std::ldexp(1.0, -static_cast<int>(num_steps)), v.options()));
+    return at::mul_out(u, v, std::ldexp(1.0, -static_cast<int>(num_steps)));
   }
 
   // `steps` squarings from `first`: level k (k squarings) goes to `last`

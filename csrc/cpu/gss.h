@@ -275,35 +275,44 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
 
 // Whether float features go channel-innermost (see lanes.h): where the
 // build has vector lanes and a voxel's channels fill at least half a vector.
-template <typename T>
-bool gss_channels_last(const GssArgs<T>& a) {
+inline bool gss_channels_last(int64_t channels) {
   constexpr int L = simd::Widest<float>::type::L;
-  return std::is_same_v<T, float> && L > 1 && 2 * a.geo.channels >= L;
+  return L > 1 && 2 * channels >= L;
 }
+
+// The moving features of one call, channel-innermost.
+struct MovingChannelsLast {
+  int64_t cp;
+  ZeroBuffer<float> buffer;
+  explicit MovingChannelsLast(const GssArgs<float>& a, int64_t n)
+      : cp(channels_padded(a.geo.channels)), buffer(a.geo.batch * n * cp) {
+    convert_channels<false>(a.moving, buffer.data(), a.geo.batch, a.geo.channels, n, a.num_threads);
+  }
+  const float* data() const { return buffer.data(); }
+};
 
 template <typename T>
 void gss_forward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    const int64_t batch = a.geo.batch, C = a.geo.channels, n = e.numel();
+    const int64_t batch = a.geo.batch, C = a.geo.channels;
     if (!fits_int32(e)) {
       for_voxels(batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
-    } else if constexpr (std::is_same_v<T, float>) {
-      if (gss_channels_last(a)) {
-        const int64_t cp = channels_padded(C);
-        const ZeroBuffer<float> mcl(batch * n * cp);
-        convert_channels<false>(a.moving, mcl.data(), batch, C, n, a.num_threads);
+      return;
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (gss_channels_last(C)) {
+        const MovingChannelsLast mcl(a, e.numel());
         for_rows<NDIM, T>(batch, e, a.num_threads, C,
                           [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-                            gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), cp, e, b, c, v, x);
+                            gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), mcl.cp, e, b, c, v, x);
                           });
         return;
       }
     }
-    if (fits_int32(e))
-      for_rows<NDIM, T>(batch, e, a.num_threads, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-        gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
-      });
+    for_rows<NDIM, T>(batch, e, a.num_threads, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+      gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
+    });
   })
 }
 
@@ -357,10 +366,9 @@ void gss_backward(const GssArgs<T>& a) {
       return;
     }
     if constexpr (std::is_same_v<T, float>) {
-      if (gss_channels_last(a)) {
-        const int64_t cp = channels_padded(C);
-        const ZeroBuffer<float> mcl(batch * n * cp);
-        convert_channels<false>(a.moving, mcl.data(), batch, C, n, a.num_threads);
+      if (gss_channels_last(C)) {
+        const MovingChannelsLast mcl(a, n);
+        const int64_t cp = mcl.cp;
         const ZeroBuffer<float> gcl(a.grad_moving ? batch * n * cp : 0);
         gss_backward_rows(a, e, gcl.data(), batch * n * cp,
                           [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, float* into) {
