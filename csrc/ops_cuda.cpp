@@ -33,6 +33,7 @@ struct CudaPolicy {
   static constexpr bool kHalfTypes = true;
   static constexpr bool kCpuScratch = false;
   static constexpr bool kNccBuffers = true;
+  static constexpr bool kInterleavedLevels = false;
 };
 
 }  // namespace gemini

@@ -6,7 +6,8 @@
 // Policy provides: Guard (device guard from a tensor), stream(tensor),
 // kHalfTypes (dispatch half types too), kCpuScratch (the CPU GSS backward's
 // coefficient buffer), kNccBuffers (the two full-size buffers of the NCC
-// passes; the CPU kernels fuse the passes and need none).
+// passes; the CPU kernels fuse the passes and need none),
+// kInterleavedLevels (the CPU squaring steps' layout, see Levels).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -163,31 +164,94 @@ struct Ops {
     AT_DISPATCH_FLOATING_TYPES(t, "gemini integrate", [&] { f(scalar_t{}); });
   }
 
+  // The levels u_k of one integration in the working dtype: (B, ndim, *S)
+  // like the velocity, or on the CPU for 3D float fields interleaved,
+  // (B, *S, 4) with a zero after each voxel's components (csrc/cpu/square.h).
+  // Only the squaring steps see a level: inputs, outputs and saved fields
+  // are (B, ndim, *S), converted where they enter or leave.
+  struct Levels {
+    Geometry geo;
+    at::TensorOptions options;
+    bool interleaved;
+    std::vector<int64_t> level_shape, field_shape;
+
+    explicit Levels(const at::Tensor& velocity)
+        : geo(geometry_of(velocity)),
+          options(velocity.options().dtype(acc_dtype(velocity.scalar_type()))),
+          interleaved(Policy::kInterleavedLevels && geo.ndim == 3 && options.dtype() == at::kFloat &&
+                      geo.nvox() < kRowKernelVoxels),
+          level_shape(velocity.sizes().vec()),
+          field_shape(velocity.sizes().vec()) {
+      if (interleaved) level_shape = {geo.batch, geo.size[0], geo.size[1], geo.size[2], 4};
+    }
+
+    static at::Tensor empty_of(std::vector<int64_t> shape, int64_t count, const at::TensorOptions& o) {
+      if (count >= 0) shape.insert(shape.begin(), count);
+      return Policy::empty(shape, o);
+    }
+    // one level, or (count, *level) when count >= 0
+    at::Tensor empty(int64_t count = -1) const { return empty_of(level_shape, count, options); }
+    at::Tensor empty_fields(int64_t count = -1) const { return empty_of(field_shape, count, options); }
+
+    // level `into` = field (B, ndim, *S) times scale; returns into
+    const at::Tensor& load(const at::Tensor& field, double scale, const at::Tensor& into) const {
+      const at::Tensor f = field.to(options.dtype()).contiguous();
+      if constexpr (Policy::kInterleavedLevels)
+        if (interleaved) {
+          Policy::to_levels(f.data_ptr<float>(), scale, into.data_ptr<float>(), geo.batch, geo.nvox());
+          return into;
+        }
+      at::Tensor out = into;
+      at::mul_out(out, f, scale);
+      return into;
+    }
+
+    // field (B, ndim, *S) = level times scale
+    void store(const at::Tensor& level, const at::Tensor& field, double scale = 1.0) const {
+      if constexpr (Policy::kInterleavedLevels)
+        if (interleaved) {
+          Policy::from_levels(level.data_ptr<float>(), scale, field.data_ptr<float>(), geo.batch, geo.nvox());
+          return;
+        }
+      at::Tensor out = field;
+      at::mul_out(out, level, scale);
+    }
+
+    // a new field (B, ndim, *S) of its own: level (a workspace's) times scale
+    at::Tensor field_of(const at::Tensor& level, double scale = 1.0) const {
+      const at::Tensor f = empty_fields();
+      store(level, f, scale);
+      return f;
+    }
+  };
+
   template <typename K>
-  static SquareArgs<K> square_args(const at::Tensor& u, int padding) {
+  static SquareArgs<K> square_args(const Levels& L, const at::Tensor& u, int padding) {
     SquareArgs<K> a;
-    a.geo = geometry_of(u);
+    a.geo = L.geo;
     a.padding = padding;
+    a.interleaved = L.interleaved;
     a.field = cptr<K>(u);
     a.num_threads = at::get_num_threads();
     return a;
   }
 
-  // One squaring step from u into out (both contiguous, the working dtype).
-  static void square(const at::Tensor& u, const at::Tensor& out, int padding) {
+  // One squaring step from level u into level out.
+  static void square(const Levels& L, const at::Tensor& u, const at::Tensor& out, int padding) {
     dispatch_work(u.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
-      SquareArgs<K> a = square_args<K>(u, padding);
+      SquareArgs<K> a = square_args<K>(L, u, padding);
       a.out = mptr<K>(out);
       Backend::square_forward(a, Policy::stream(u));
     });
   }
 
-  // d loss / d u of one squaring step from d loss / d out = g, into out.
-  static void square_backward(const at::Tensor& g, const at::Tensor& u, const at::Tensor& out, int padding) {
+  // d loss / d u of one squaring step from d loss / d out = g, into out (levels).
+  static void square_backward(const Levels& L, const at::Tensor& g, const at::Tensor& u, const at::Tensor& out,
+                              int padding) {
     dispatch_work(u.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
-      SquareArgs<K> a = square_args<K>(u, padding);
+      SquareArgs<K> a = square_args<K>(L, u, padding);
       a.grad = cptr<K>(g);
       a.grad_field = mptr<K>(out);
       Backend::square_backward(a, Policy::stream(u));
@@ -199,39 +263,36 @@ struct Ops {
     TORCH_CHECK_VALUE(num_steps >= 0, "gemini: num_steps must be >= 0, got ", num_steps);
   }
 
-  // u_0 = velocity / 2^num_steps in the working dtype
-  static at::Tensor first_level(const at::Tensor& velocity, int64_t num_steps) {
-    const at::Tensor v = velocity.to(acc_dtype(velocity.scalar_type()));
-    at::Tensor u = Policy::empty(v.sizes(), v.options());
-    return at::mul_out(u, v, std::ldexp(1.0, -static_cast<int>(num_steps)));
+  // u_0 = velocity / 2^num_steps, into level `into`
+  static at::Tensor first_level(const Levels& L, const at::Tensor& velocity, int64_t num_steps,
+                                const at::Tensor& into) {
+    return L.load(velocity, std::ldexp(1.0, -static_cast<int>(num_steps)), into);
   }
 
-  // `steps` squarings from `first`: level k (k squarings) goes to `last`
-  // when k == steps and `last` is defined; otherwise the levels at multiples
-  // of `every` are kept, in order, in one contiguous (count, *first) tensor,
-  // which is returned. Levels in between live in two scratch fields.
-  static at::Tensor squarings(const at::Tensor& first, int64_t steps, int64_t every, const at::Tensor& last,
-                              int p) {
-    const int64_t kept = last.defined() ? std::max<int64_t>(steps - 1, 0) / every : steps / every;
-    std::vector<int64_t> shape{kept};
-    for (int64_t s : first.sizes()) shape.push_back(s);
-    at::Tensor fields = Policy::empty(shape, first.options()), scratch[2];
+  // `steps` squarings from level `first`, returning the last level. Levels
+  // at multiples of `every` go to `kept` ((count, *level) levels, or
+  // (count, B, ndim, *S) fields when kept_fields) while it has room; the
+  // others to the two scratch levels (allocated where undefined; the second
+  // may be `first` when the caller is done with it).
+  static at::Tensor squarings(const Levels& L, const at::Tensor& first, int64_t steps, int64_t every,
+                              const at::Tensor& kept, bool kept_fields, at::Tensor* scratch, int p) {
+    const bool convert = kept_fields && L.interleaved;
     at::Tensor prev = first;
     for (int64_t k = 1, w = 0; k <= steps; ++k) {
+      const at::Tensor keep = k % every == 0 && k / every <= kept.size(0) ? kept[k / every - 1] : at::Tensor();
       at::Tensor dst;
-      if (k == steps && last.defined()) {
-        dst = last;
-      } else if (k % every == 0) {
-        dst = fields[k / every - 1];
+      if (keep.defined() && !convert) {
+        dst = keep;
       } else {
-        if (!scratch[w].defined()) scratch[w] = Policy::empty(first.sizes(), first.options());
+        if (!scratch[w].defined()) scratch[w] = L.empty();
         dst = scratch[w];
         w ^= 1;
       }
-      square(prev, dst, p);
+      square(L, prev, dst, p);
+      if (keep.defined() && convert) L.store(dst, keep);
       prev = dst;
     }
-    return fields;
+    return prev;
   }
 
   static at::Tensor integrate_velocity(const at::Tensor& velocity, int64_t num_steps, c10::string_view padding) {
@@ -239,13 +300,13 @@ struct Ops {
     const int p = parse_padding(padding);
     typename Policy::Guard guard(velocity);
     if (num_steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
-    // two fields in all: nothing is kept for a backward
-    at::Tensor u = first_level(velocity, num_steps), next = Policy::empty(u.sizes(), u.options());
-    for (int64_t k = 0; k < num_steps; ++k) {
-      square(u, next, p);
-      std::swap(u, next);
-    }
-    return u.to(velocity.scalar_type());
+    // two levels in all: nothing is kept for a backward
+    const Levels L(velocity);
+    const at::Tensor ws = L.empty(2);
+    at::Tensor scratch[2] = {ws[1], ws[0]};
+    const at::Tensor last = squarings(L, first_level(L, velocity, num_steps, ws[0]), num_steps, 1,
+                                      L.empty(0), false, scratch, p);
+    return L.field_of(last).to(velocity.scalar_type());
   }
 
   // The forward for autograd: the displacement, and the levels u_every,
@@ -258,11 +319,15 @@ struct Ops {
     TORCH_CHECK_VALUE(every >= 1, "gemini: every must be >= 1, got ", every);
     const int p = parse_padding(padding);
     typename Policy::Guard guard(velocity);
-    const at::Tensor u0 = first_level(velocity, num_steps);
-    if (num_steps == 0) return {velocity.clone(at::MemoryFormat::Contiguous), squarings(u0, 0, every, u0, p)};
-    at::Tensor out = Policy::empty(u0.sizes(), u0.options());
-    at::Tensor fields = squarings(u0, num_steps, every, out, p);
-    return {out.to(velocity.scalar_type()), fields};
+    const Levels L(velocity);
+    const at::Tensor fields = L.empty_fields(std::max<int64_t>(num_steps - 1, 0) / every);
+    if (num_steps == 0) return {velocity.clone(at::MemoryFormat::Contiguous), fields};
+    // the first level's place is the second scratch level once it is squared
+    const at::Tensor ws = L.empty(2);
+    at::Tensor scratch[2] = {ws[1], ws[0]};
+    const at::Tensor last =
+        squarings(L, first_level(L, velocity, num_steps, ws[0]), num_steps, every, fields, true, scratch, p);
+    return {L.field_of(last).to(velocity.scalar_type()), fields};
   }
 
   // Without saved fields, up to this many steps the backward recomputes every
@@ -283,29 +348,34 @@ struct Ops {
     const bool saved = fields.numel() > 0;
     if (saved) check_fields(fields, velocity, num_steps, every);
     if (num_steps == 0) return grad.clone(at::MemoryFormat::Contiguous);
-    const at::Tensor u0 = first_level(velocity, num_steps);
+    const Levels L(velocity);
     if (!saved)
       every = num_steps <= kKeepAllSteps ? 1
                                          : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(num_steps))));
     const int64_t count = (num_steps - 1) / every;
-    const at::Tensor ckpt = saved ? fields.contiguous() : squarings(u0, count * every, every, at::Tensor(), p);
-
-    // backwards segment by segment; g is only read (it may be autograd's), as
-    // are the checkpoints; the gradient alternates between two buffers
-    at::Tensor g = grad.to(u0.scalar_type()).contiguous();
-    at::Tensor buf[2] = {Policy::empty(u0.sizes(), u0.options()), Policy::empty(u0.sizes(), u0.options())};
-    int w = 0;
-    for (int64_t s = count; s >= 0; --s) {
-      const at::Tensor first = s ? ckpt[s - 1] : u0;
-      const int64_t steps = std::min(every, num_steps - s * every);
-      const at::Tensor levels = squarings(first, steps - 1, 1, at::Tensor(), p);
-      for (int64_t j = steps - 1; j >= 0; --j, w ^= 1) {
-        square_backward(g, j ? levels[j - 1] : first, buf[w], p);
-        g = buf[w];
-      }
+    // one workspace: two gradient levels, a segment's first level and the
+    // levels it recomputes
+    const at::Tensor ws = L.empty(2 + every);
+    at::Tensor ckpt = fields, scratch[2];
+    if (!saved) {  // levels, recomputed here
+      ckpt = L.empty(count);
+      squarings(L, first_level(L, velocity, num_steps, ws[2]), count * every, every, ckpt, false, scratch, p);
     }
-    g.mul_(std::ldexp(1.0, -static_cast<int>(num_steps)));
-    return g.to(velocity.scalar_type());
+    // backwards segment by segment; the checkpoints are only read; the
+    // gradient alternates between two levels, the first a copy of grad
+    const at::Tensor buf[2] = {L.load(grad, 1.0, ws[0]), ws[1]};
+    int w = 1;
+    for (int64_t s = count; s >= 0; --s) {
+      const at::Tensor first = !s     ? first_level(L, velocity, num_steps, ws[2])
+                               : saved ? L.load(ckpt[s - 1], 1.0, ws[2])
+                                       : ckpt[s - 1];
+      const int64_t steps = std::min(every, num_steps - s * every);
+      const at::Tensor levels = ws.narrow(0, 3, steps - 1);
+      squarings(L, first, steps - 1, 1, levels, false, scratch, p);
+      for (int64_t j = steps - 1; j >= 0; --j, w ^= 1)
+        square_backward(L, buf[w ^ 1], j ? levels[j - 1] : first, buf[w], p);
+    }
+    return L.field_of(buf[w ^ 1], std::ldexp(1.0, -static_cast<int>(num_steps))).to(velocity.scalar_type());
   }
 
   static void check_fields(const at::Tensor& fields, const at::Tensor& velocity, int64_t num_steps, int64_t every) {
@@ -491,16 +561,57 @@ inline at::Tensor host_tensor(at::IntArrayRef sizes, const at::TensorOptions& op
   return zeroed ? at::zeros(sizes, options) : at::empty(sizes, options);
 }
 
+// The batch items of (count, n) work on torch's threads: f(item, v0, v1).
+template <typename F>
+void for_item_ranges(int64_t count, int64_t n, F&& f) {
+  at::parallel_for(0, count * n, 1 << 15, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t item = i / n, v0 = i - item * n, v1 = std::min(n, v0 + (i1 - i));
+      f(item, v0, v1);
+      i += v1 - v0;
+    }
+  });
+}
+
 struct HostPolicy {
   struct Guard {
     explicit Guard(const at::Tensor&) {}
   };
+  // The CPU squaring steps' interleaved levels (Ops::Levels): levels
+  // (count, n, 4) = scale * fields (count, 3, n) with zeros in the fourth
+  // values, and back. Memory-bound copies, vectorised by the compiler.
+  static void to_levels(const float* fields, double scale, float* levels, int64_t count, int64_t n) {
+    const float s = static_cast<float>(scale);
+    for_item_ranges(count, n, [&](int64_t item, int64_t v0, int64_t v1) {
+      const float* f = fields + item * 3 * n;
+      float* u = levels + item * 4 * n;
+      for (int64_t v = v0; v < v1; ++v) {
+        u[4 * v] = s * f[v];
+        u[4 * v + 1] = s * f[n + v];
+        u[4 * v + 2] = s * f[2 * n + v];
+        u[4 * v + 3] = 0.f;
+      }
+    });
+  }
+  static void from_levels(const float* levels, double scale, float* fields, int64_t count, int64_t n) {
+    const float s = static_cast<float>(scale);
+    for_item_ranges(count, n, [&](int64_t item, int64_t v0, int64_t v1) {
+      const float* u = levels + item * 4 * n;
+      float* f = fields + item * 3 * n;
+      for (int64_t v = v0; v < v1; ++v) {
+        f[v] = s * u[4 * v];
+        f[n + v] = s * u[4 * v + 1];
+        f[2 * n + v] = s * u[4 * v + 2];
+      }
+    });
+  }
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return host_tensor(sizes, o, false); }
   static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return host_tensor(sizes, o, true); }
   static void* stream(const at::Tensor&) { return nullptr; }
   static constexpr bool kHalfTypes = false;
   static constexpr bool kCpuScratch = true;
   static constexpr bool kNccBuffers = false;
+  static constexpr bool kInterleavedLevels = true;
 };
 
 // The emulated CUDA kernels scatter with atomics and need no coefficient
@@ -508,6 +619,7 @@ struct HostPolicy {
 struct EmulatedPolicy : HostPolicy {
   static constexpr bool kCpuScratch = false;
   static constexpr bool kNccBuffers = true;
+  static constexpr bool kInterleavedLevels = false;
 };
 
 void define_schemas(torch::Library& m);

@@ -18,6 +18,8 @@ template <typename T>
 struct KernelsOf {
   void (*warp_forward)(const WarpArgs<T>&);
   void (*warp_backward)(const WarpArgs<T>&);
+  void (*square_forward)(const SquareArgs<T>&);
+  void (*square_backward)(const SquareArgs<T>&);
   void (*gss_forward)(const GssArgs<T>&);
   void (*gss_backward)(const GssArgs<T>&);
   void (*ncc_forward)(const NccArgs<T>&);

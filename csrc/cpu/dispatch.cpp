@@ -106,11 +106,11 @@ void CpuBackend::warp_backward(const WarpArgs<T>& a, void*) {
 }
 template <typename T>
 void CpuBackend::square_forward(const SquareArgs<T>& a, void*) {
-  isa::active_kernels().of<T>().warp_forward(square_as_warp(a));
+  isa::active_kernels().of<T>().square_forward(a);
 }
 template <typename T>
 void CpuBackend::square_backward(const SquareArgs<T>& a, void*) {
-  isa::active_kernels().of<T>().warp_backward(square_as_warp(a));
+  isa::active_kernels().of<T>().square_backward(a);
 }
 template <typename T>
 void CpuBackend::gss_forward(const GssArgs<T>& a, void*) {

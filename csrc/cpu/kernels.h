@@ -9,7 +9,7 @@
 #include "capability.h"
 #include "gss.h"
 #include "ncc.h"
-#include "warp.h"
+#include "square.h"
 
 #define GEMINI_CAT2(a, b) a##b
 #define GEMINI_CAT(a, b) GEMINI_CAT2(a, b)
@@ -20,7 +20,8 @@ namespace cpu {
 
 template <typename T>
 constexpr isa::KernelsOf<T> table_of() {
-  return {&warp_forward<T>, &warp_backward<T>, &gss_forward<T>, &gss_backward<T>, &ncc_forward<T>, &ncc_backward<T>};
+  return {&warp_forward<T>,   &warp_backward<T>, &square_forward<T>, &square_backward<T>,
+          &gss_forward<T>,    &gss_backward<T>,  &ncc_forward<T>,    &ncc_backward<T>};
 }
 
 }  // namespace cpu

@@ -31,7 +31,7 @@ namespace cpu {
 // int32 offsets within a plane (corners reach one plane past each side)
 template <int NDIM>
 bool fits_int32(const Extent<NDIM>& e) {
-  return e.numel() < (int64_t(1) << 29);
+  return e.numel() < kRowKernelVoxels;
 }
 
 // Linear interpolation of the corner values v (corner c takes the upper
@@ -323,20 +323,27 @@ struct Scatter {
   }
 };
 
+// The first-axis displacements of a field: voxel v of batch item b at
+// d[b * item + v * kStep] (plane-major (B, NDIM, *S): item NDIM * n, step 1).
+template <typename T, int kStep = 1>
+struct FirstAxis {
+  const T* d;
+  int64_t item;
+};
+
 // Slab thickness along the first axis that keeps the scatters of even (odd)
 // slabs apart, or 0 when the displacements are not finite or too large.
 // (One thread: a memory-bound pass of one channel costs less than waking
 // and joining the pool, which on shared cores can wait a time slice.)
-template <int NDIM, typename T>
-int64_t scatter_slab(const T* ddf, int64_t batch, const Extent<NDIM>& e) {
-  const int64_t n = e.numel();
+template <typename T, int kStep>
+int64_t scatter_slab(const FirstAxis<T, kStep>& f, int64_t batch, int64_t n) {
   T m = T(0);
   int bad = 0;
   for (int64_t b = 0; b < batch; ++b) {
-    const T* d = ddf + b * NDIM * n;  // channel 0: the first axis
+    const T* d = f.d + b * f.item;
 #pragma omp simd reduction(max : m) reduction(| : bad)
     for (int64_t i = 0; i < n; ++i) {
-      const T u = d[i] < T(0) ? -d[i] : d[i];
+      const T u = d[i * kStep] < T(0) ? -d[i * kStep] : d[i * kStep];
       bad |= !(u < T(1e6));  // NaN and inf too
       m = u > m ? u : m;
     }
@@ -348,16 +355,16 @@ int64_t scatter_slab(const T* ddf, int64_t batch, const Extent<NDIM>& e) {
 // run_rows(r0, r1, target) scatters what rows [r0, r1) of `batch` planes
 // contribute into target (out_numel values, zeroed or accumulating), on nt
 // threads kept apart by slabs (see the top of this file) or, failing that,
-// by per-thread buffers summed at the end. ddf: (batch, NDIM, *S).
-template <int NDIM, typename T, typename G, typename RunRows>
-void scatter_rows(const T* ddf, int64_t batch, const Extent<NDIM>& e, int nt, G* target, int64_t out_numel,
-                  RunRows&& run_rows) {
+// by per-thread buffers summed at the end.
+template <int NDIM, typename T, int kStep, typename G, typename RunRows>
+void scatter_rows(const FirstAxis<T, kStep>& first_axis, int64_t batch, const Extent<NDIM>& e, int nt, G* target,
+                  int64_t out_numel, RunRows&& run_rows) {
   const int64_t per_plane = e.numel() / e.size[NDIM - 1], rows = batch * per_plane;
   if (nt == 1) {
     run_rows(int64_t(0), rows, target);
     return;
   }
-  const int64_t slab = scatter_slab(ddf, batch, e), depth = e.size[0], rows_per_z = per_plane / depth;
+  const int64_t slab = scatter_slab(first_axis, batch, e.numel()), depth = e.size[0], rows_per_z = per_plane / depth;
   const int64_t slabs = slab ? (depth + slab - 1) / slab : 0;
   if (slab && batch * (slabs / 2) >= nt) {
     for (int colour = 0; colour < 2; ++colour) {
@@ -384,48 +391,65 @@ void scatter_rows(const T* ddf, int64_t batch, const Extent<NDIM>& e, int nt, G*
 // channel (csrc/cpu/gss.h).
 
 // The lanes of a LinearLanes one voxel at a time over channel-innermost
-// data: the lane's corners as vectors of S::L channels.
-template <int NDIM, class S>
+// data: the lane's corners as vectors of Q::L channels (S's vectors, or
+// the 4-channel voxels of square.h).
+template <int NDIM, class S, class Q = S>
 struct LaneVoxels {
-  using F = typename S::F;
+  using F = typename Q::F;
   static constexpr int K = 1 << NDIM;
   alignas(64) int32_t off[S::L];
   alignas(64) float frac[NDIM][S::L];
-  alignas(64) float w[K][S::L];  // weights, for a scatter
-  unsigned mask[K];               // corner k of lane l counts: bit l
+  alignas(64) float dclamp[NDIM][S::L];  // when clamps: 0 where border padding clamps
+  alignas(64) float w[K][S::L];          // weights, for a scatter
+  unsigned mask[K];                      // corner k of lane l counts: bit l
   int32_t coff[K];
+  bool clamps;
 
-  LaneVoxels(const LinearLanes<NDIM, S>& s, const Corners<NDIM, S>& q, bool weights) {
+  LaneVoxels(const LinearLanes<NDIM, S>& s, const Corners<NDIM, S>& q, bool weights, bool border = false)
+      : clamps(border) {
     S::store_int(off, s.off);
-    for (int k = 0; k < NDIM; ++k) S::store(frac[k], s.frac[k]);
+    for (int k = 0; k < NDIM; ++k) {
+      S::store(frac[k], s.frac[k]);
+      if (border) S::store(dclamp[k], s.dclamp[k]);
+    }
     for (int k = 0; k < K; ++k) {
       mask[k] = S::bits(q.mask[k]);
       coff[k] = q.coff[k];
     }
     if (weights) {
-      F wk[K];
+      typename S::F wk[K];
       s.weights(wk);
       for (int k = 0; k < K; ++k) S::store(w[k], wk[k]);
     }
   }
 
-  // channels [c, c + S::L) of lane l's sample (zeros padding, no clamp); base
-  // points at channel c of voxel 0, cp values per voxel
-  [[gnu::always_inline]] F sample(int l, const float* base, int64_t cp, F* dv) const {
-    F vals[K], fr[NDIM];
-    const int64_t o = off[l];
-    for (int k = 0; k < K; ++k) vals[k] = (mask[k] >> l) & 1u ? S::load(base + (o + coff[k]) * cp) : S::set(0.f);
-    for (int k = 0; k < NDIM; ++k) fr[k] = S::set(frac[k][l]);
-    return lerp_corners<NDIM, S>(vals, fr, nullptr, dv);
+  // the lanes whose corners are all inside: bit l
+  unsigned all_inside() const {
+    unsigned m = mask[0];
+    for (int k = 1; k < K; ++k) m &= mask[k];
+    return m;
   }
 
-  // the adjoint of sample: g (channels [c, c + S::L)) spread onto lane l's corners
+  // channels [c, c + Q::L) of lane l's sample and (when dv) its derivative
+  // along each axis; base points at channel c of voxel 0, cp values per voxel
+  [[gnu::always_inline]] F sample(int l, const float* base, int64_t cp, F* dv) const {
+    F vals[K], fr[NDIM], dc[NDIM];
+    const int64_t o = off[l];
+    for (int k = 0; k < K; ++k) vals[k] = (mask[k] >> l) & 1u ? Q::load(base + (o + coff[k]) * cp) : Q::set(0.f);
+    for (int k = 0; k < NDIM; ++k) {
+      fr[k] = Q::set(frac[k][l]);
+      if (clamps) dc[k] = Q::set(dclamp[k][l]);
+    }
+    return lerp_corners<NDIM, Q>(vals, fr, clamps ? dc : nullptr, dv);
+  }
+
+  // the adjoint of sample: g (channels [c, c + Q::L)) spread onto lane l's corners
   void scatter(int l, float* base, int64_t cp, F g) const {
     const int64_t o = off[l];
     for (int k = 0; k < K; ++k)
       if ((mask[k] >> l) & 1u) {
         float* t = base + (o + coff[k]) * cp;
-        S::store(t, S::fma(S::set(w[k][l]), g, S::load(t)));
+        Q::store(t, Q::fma(Q::set(w[k][l]), g, Q::load(t)));
       }
   }
 };

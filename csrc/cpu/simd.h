@@ -4,6 +4,7 @@
 //   Scalar<T>  one voxel (the portable path, row tails, double)
 //   Avx2       8 float lanes, AVX2 + FMA gathers
 //   Avx512     16 float lanes, AVX-512F masked gathers
+//   Quad, Pair the 4 values of one voxel of an interleaved field, and of two
 // Indices are int32 (offsets within one channel plane; callers check that
 // a plane fits). Masks select lanes; a masked gather reads nothing for
 // masked-out lanes and gives 0 there (zeros padding without branches).
@@ -70,6 +71,52 @@ struct Scalar {
   static void store_int(int32_t* p, I v) { *p = v; }
   static constexpr bool kGroupedScatter = false;  // one lane: nothing to group
   static void transpose(F*) {}
+  // c[k] = value k of every 4 from p (the components of an interleaved field)
+  static void load_components(const T* p, F* c) {
+    for (int k = 0; k < 3; ++k) c[k] = p[k];
+  }
+};
+
+// The four values of one voxel of an interleaved field (csrc/cpu/square.h),
+// in every build: a GCC/Clang vector type (an SSE register on x86).
+struct Quad {
+  static constexpr int L = 4;
+  using E = float;
+  typedef float F __attribute__((vector_size(16)));
+  static F load(const float* p) {
+    F v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(float* p, F v) { __builtin_memcpy(p, &v, sizeof v); }
+  static F set(float v) { return F{v, v, v, v}; }
+#if GEMINI_ISA_LEVEL >= 1
+  static F fma(F a, F b, F c) { return _mm_fmadd_ps(a, b, c); }
+#else
+  static F fma(F a, F b, F c) { return a * b + c; }
+#endif
+};
+
+// Two neighbouring voxels of an interleaved field (an x pair of corners).
+struct Pair {
+  static constexpr int L = 8;
+  using E = float;
+  typedef float F __attribute__((vector_size(32)));
+  static F load(const float* p) {
+    F v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static F set(float v) { return F{v, v, v, v, v, v, v, v}; }
+#if GEMINI_ISA_LEVEL >= 1
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static Quad::F low(F p) { return _mm256_castps256_ps128(p); }
+  static Quad::F high(F p) { return _mm256_extractf128_ps(p, 1); }
+#else
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static Quad::F low(F p) { return Quad::F{p[0], p[1], p[2], p[3]}; }
+  static Quad::F high(F p) { return Quad::F{p[4], p[5], p[6], p[7]}; }
+#endif
 };
 
 #if GEMINI_ISA_LEVEL >= 1
@@ -126,6 +173,16 @@ struct Avx2 {
   // scatters lane by lane (lanes.h): vector groups with vmaskmovps measured
   // slower (AMD Zen 5)
   static constexpr bool kGroupedScatter = false;
+  // see Scalar::load_components: 8 voxels of 4 values, transposed in registers
+  static void load_components(const float* p, F* c) {
+    const F r0 = load(p), r1 = load(p + 8), r2 = load(p + 16), r3 = load(p + 24);
+    const F a = _mm256_permute2f128_ps(r0, r2, 0x20), b = _mm256_permute2f128_ps(r0, r2, 0x31);  // [v0|v4], [v1|v5]
+    const F d = _mm256_permute2f128_ps(r1, r3, 0x20), e = _mm256_permute2f128_ps(r1, r3, 0x31);  // [v2|v6], [v3|v7]
+    const F ab = _mm256_unpacklo_ps(a, b), de = _mm256_unpacklo_ps(d, e);
+    c[0] = _mm256_shuffle_ps(ab, de, _MM_SHUFFLE(1, 0, 1, 0));
+    c[1] = _mm256_shuffle_ps(ab, de, _MM_SHUFFLE(3, 2, 3, 2));
+    c[2] = _mm256_shuffle_ps(_mm256_unpackhi_ps(a, b), _mm256_unpackhi_ps(d, e), _MM_SHUFFLE(1, 0, 1, 0));
+  }
   // r[i] lane j <-> r[j] lane i (8 x 8)
   static void transpose(F* r) {
     F t[8], u[8];
@@ -212,6 +269,16 @@ struct Avx512 {
   // p[l + 1] += hi[l] where hi_m, as one read-modify-write of p[0, 16)
   // (the upper neighbours move up one lane) and p[16] for the last lane
   static constexpr bool kGroupedScatter = true;
+  // see Scalar::load_components: 16 voxels of 4 values, permuted in registers
+  static void load_components(const float* p, F* c) {
+    const F r0 = load(p), r1 = load(p + 16), r2 = load(p + 32), r3 = load(p + 48);
+    for (int k = 0; k < 3; ++k) {
+      const I every4 = _mm512_setr_epi32(k, k + 4, k + 8, k + 12, k + 16, k + 20, k + 24, k + 28, 0, 0, 0, 0, 0, 0,
+                                         0, 0);
+      c[k] = _mm512_shuffle_f32x4(_mm512_permutex2var_ps(r0, every4, r1), _mm512_permutex2var_ps(r2, every4, r3),
+                                  0x44);
+    }
+  }
   static void add_pair(float* p, M lo_m, F lo, M hi_m, F hi) {
     const __m512i hi_up = _mm512_alignr_epi32(_mm512_castps_si512(_mm512_maskz_mov_ps(hi_m, hi)),
                                               _mm512_setzero_si512(), 15);

@@ -1,6 +1,6 @@
-// CPU warping, and the squaring steps of velocity integration (warps of a
-// field by itself): bilinear sampling on the row kernels of lanes.h;
-// nearest sampling and huge planes per voxel (voxel_ops.h).
+// CPU warping (also the squaring steps of plane-major fields, square.h):
+// bilinear sampling on the row kernels of lanes.h; nearest sampling and
+// huge planes per voxel (voxel_ops.h).
 #pragma once
 
 #include "lanes.h"
@@ -119,7 +119,7 @@ void warp_backward_rows(const WarpArgs<T>& a, const Extent<NDIM>& e) {
       });
   };
   if (target)
-    scatter_rows(a.ddf, a.geo.batch, e, nt, target, items * C, run_rows);
+    scatter_rows(FirstAxis<T>{a.ddf, NDIM * e.numel()}, a.geo.batch, e, nt, target, items * C, run_rows);
   else  // gathers only: no writers to keep apart
     for_rows<NDIM, T>(a.geo.batch, e, nt, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
       warp_backward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x, static_cast<T*>(nullptr), false);

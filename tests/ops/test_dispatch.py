@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from opsutil import assert_rel_close, have, randn, random_ddf, smooth_field
+from opsutil import assert_rel_close, avoid_ties, have, randn, random_ddf, smooth_field
 
 import gemini_ops
 from gemini_ops import reference
@@ -117,6 +117,22 @@ def test_integrate_paths(path, threads, ndim, padding):
     out = gemini_ops.integrate_velocity(v, 5, padding)
     ref = reference.integrate_velocity(rv, 5, padding)
     _check(out, ref, (v,), (rv,), torch.float32, factor=20.0, what=path)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_square_step_interleaved(path, threads, padding):
+    """One squaring step of a float32 3D field, on interleaved levels
+    (csrc/cpu/square.h): lanes with every corner inside (x pairs loaded as
+    one, consecutive lanes' shared corners added once) and lanes at the
+    border; rows of 37 end in tails. The displacements avoid cell boundaries
+    (avoid_ties), where float32 and float64 may pick different cells."""
+    spatial = (13, 11, 37)
+    u = avoid_ties(smooth_field(2, 3, spatial, 21, max_abs=2.5) + randn((2, 3, *spatial), torch.float64, 22, 0.3))
+    v = (2 * u).float().requires_grad_()  # one step squares v / 2 = u, exactly
+    rv = v.detach().double().requires_grad_()
+    out = gemini_ops.integrate_velocity(v, 1, padding)
+    ref = reference.integrate_velocity(rv, 1, padding)
+    _check(out, ref, (v,), (rv,), torch.float32, factor=4.0, what=path)
 
 
 def test_integrate_many_steps_checkpointed(path):

@@ -25,6 +25,11 @@
 
 namespace gemini {
 
+// The CPU row kernels index a plane with int32 offsets (corners reach one
+// plane past each side): planes of this many voxels or more take the
+// per-voxel code.
+constexpr int64_t kRowKernelVoxels = int64_t(1) << 29;
+
 // Loads and stores between a tensor's element type and the accumulation
 // type; explicit because torch builds CUDA code without the implicit half
 // conversions (half_traits.h specialises them).
@@ -101,6 +106,10 @@ template <typename T>
 struct SquareArgs {
   Geometry geo;               // channels == ndim
   int padding = 0;
+  // CPU, 3D float below kRowKernelVoxels: every field is (B, *S, 4), the 3
+  // components of a voxel and a zero (csrc/cpu/square.h). Set by the host
+  // loops of ops_impl.h only where their Policy says so.
+  bool interleaved = false;
   const T* field = nullptr;   // u
   T* out = nullptr;           // forward
   const T* grad = nullptr;    // backward: d loss / d out

@@ -1,0 +1,204 @@
+// The squaring steps of velocity integration on the CPU: u <- u + u o (id + u)
+// and its adjoint. 3D float fields run on interleaved levels (B, *S, 4): a
+// voxel's 3 components and a zero, so each corner of a sample is one 16-byte
+// load of all components. A row of samples then reads 4 rows of one array,
+// where plane-major fields read 12 (3 component planes x 4 corner rows) and
+// gather each component on its own: at 96^3 on one thread this halves a step
+// (benchmarks/RESULTS.md). The host loops (ops_impl.h) convert to and from
+// the interleaved layout once per integration. Other fields (2D, double,
+// the per-voxel sizes) are warps of the field by itself (square_as_warp).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "warp.h"
+
+namespace gemini {
+GEMINI_ISA_BEGIN
+namespace cpu {
+
+// Asks for the cache line of voxel v of an interleaved field, to be read
+// (write 0) or written (1). v may lie past the field: the address is formed
+// as an integer, since a pointer past an array is undefined behaviour (which
+// GCC -O3 did exploit here, dropping the scatter).
+template <int kWrite>
+[[gnu::always_inline]] inline void prefetch_voxel(const float* field, int64_t v) {
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(field) + v * 16), kWrite);
+}
+
+// The sample points x + u(x) of the S::L voxels from voxel v (row start x)
+// of an interleaved field.
+template <class S>
+[[gnu::always_inline]] inline LinearLanes<3, S> interleaved_lanes(const float* u, int padding, const Extent<3>& e,
+                                                                  int64_t b, const int64_t* c, int64_t v, int64_t x) {
+  typename S::F p[3];
+  S::load_components(u + (b * e.numel() + v) * 4, p);
+  p[0] = p[0] + S::set(static_cast<float>(c[0]));
+  p[1] = p[1] + S::set(static_cast<float>(c[1]));
+  p[2] = p[2] + S::iota(static_cast<float>(x));
+  return LinearLanes<3, S>(p, e, padding);
+}
+
+// Lane l's sample where all its corners are inside: its 4 rows (z, y) of x
+// pairs are one 8-value load each, interpolated along z and y as pairs,
+// then along x; dv as in lerp_corners.
+template <class S>
+[[gnu::always_inline]] inline simd::Quad::F sample_interior(const LaneVoxels<3, S, simd::Quad>& lv, int l,
+                                                            const float* u, simd::Quad::F* dv) {
+  using P = simd::Pair;
+  using Q = simd::Quad;
+  const int64_t o = lv.off[l];
+  P::F rows[4], fr[2], dc[2], d[2];
+  for (int r = 0; r < 4; ++r) rows[r] = P::load(u + (o + lv.coff[2 * r]) * 4);
+  for (int k = 0; k < 2; ++k) {
+    fr[k] = P::set(lv.frac[k][l]);
+    if (lv.clamps) dc[k] = P::set(lv.dclamp[k][l]);
+  }
+  const P::F zy = lerp_corners<2, P>(rows, fr, lv.clamps ? dc : nullptr, dv ? d : nullptr);
+  const Q::F fx = Q::set(lv.frac[2][l]);
+  const auto along_x = [&](P::F p) { return Q::fma(fx, P::high(p) - P::low(p), P::low(p)); };
+  if (dv) {
+    dv[0] = along_x(d[0]);
+    dv[1] = along_x(d[1]);
+    dv[2] = P::high(zy) - P::low(zy);
+    if (lv.clamps) dv[2] = dv[2] * Q::set(lv.dclamp[2][l]);
+  }
+  return along_x(zy);
+}
+
+template <class S>
+void square_forward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_t b, const int64_t* c, int64_t v,
+                          int64_t x) {
+  using Q = simd::Quad;
+  const LinearLanes<3, S> s = interleaved_lanes<S>(a.field, a.padding, e, b, c, v, x);
+  const LaneVoxels<3, S, Q> lv(s, Corners<3, S>(s, e, S::all_lanes()), false);
+  const float* u = a.field + b * e.numel() * 4;
+  const float* self = u + v * 4;
+  float* out = a.out + (b * e.numel() + v) * 4;
+  const unsigned inside = lv.all_inside();
+  // two planes ahead: the rows a later row of samples reads, as they come
+  const int64_t ahead = 2 * e.stride[0];
+  for (int l = 0; l < S::L; ++l) {
+    prefetch_voxel<0>(u, lv.off[l] + ahead);
+    const Q::F y = (inside >> l) & 1u ? sample_interior(lv, l, u, nullptr) : lv.sample(l, u, 4, nullptr);
+    Q::store(out + 4 * l, Q::load(self + 4 * l) + y);
+  }
+}
+
+// The scatter of one chunk's lanes whose corners are all inside. Where a
+// lane's lower x corners are the upper ones of the lane before (off + 1,
+// the usual case along a row of samples), the two adds to a place go as one:
+// each row of corners takes one read-modify-write per lane, and the upper
+// corners' part waits in `upper` until the next lane or a flush.
+template <class S>
+struct PairScatter {
+  using Q = simd::Quad;
+  const LaneVoxels<3, S, Q>& lv;
+  float* t;
+  Q::F upper[4];
+  int64_t at = -1;  // offset (voxels) of the upper corners waiting, or -1
+
+  PairScatter(const LaneVoxels<3, S, Q>& lanes, float* target) : lv(lanes), t(target) {}
+  ~PairScatter() { flush(); }
+
+  void flush() {
+    if (at < 0) return;
+    for (int r = 0; r < 4; ++r) add(at + lv.coff[2 * r], upper[r]);
+    at = -1;
+  }
+  void add(int64_t voxel, Q::F x) { Q::store(t + voxel * 4, Q::load(t + voxel * 4) + x); }
+
+  [[gnu::always_inline]] void lane(int l, Q::F g) {
+    const int64_t o = lv.off[l];
+    const bool joins = at == o;
+    for (int r = 0; r < 4; ++r) {
+      const Q::F lower = Q::set(lv.w[2 * r][l]) * g;
+      add(o + lv.coff[2 * r], joins ? lower + upper[r] : lower);
+    }
+    if (!joins) flush();
+    for (int r = 0; r < 4; ++r) upper[r] = Q::set(lv.w[2 * r + 1][l]) * g;
+    at = o + 1;
+  }
+};
+
+// Adds into target (zeroed) what the S::L voxels from v contribute to
+// d loss / d u: their own gradient and its path through the sample point at
+// the voxel, and the sample's adjoint at the corners.
+template <class S>
+void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_t b, const int64_t* c, int64_t v,
+                           int64_t x, float* target) {
+  using Q = simd::Quad;
+  using F = Q::F;
+  const LinearLanes<3, S> s = interleaved_lanes<S>(a.field, a.padding, e, b, c, v, x);
+  const LaneVoxels<3, S, Q> lv(s, Corners<3, S>(s, e, S::all_lanes()), true, a.padding == kBorder);
+  const unsigned inside = lv.all_inside();
+  const int64_t n = e.numel();
+  const float* u = a.field + b * n * 4;
+  const float* grad = a.grad + (b * n + v) * 4;
+  float* t = target + b * n * 4;
+  PairScatter<S> pairs(lv, t);
+  const int64_t ahead = 2 * e.stride[0];  // as in the forward
+  for (int l = 0; l < S::L; ++l) {
+    prefetch_voxel<0>(u, lv.off[l] + ahead);
+    prefetch_voxel<1>(t, lv.off[l] + ahead);
+    const F g = Q::load(grad + 4 * l);
+    F dv[3];
+    const bool in = (inside >> l) & 1u;
+    if (in)
+      sample_interior(lv, l, u, dv);
+    else
+      lv.sample(l, u, 4, dv);
+    const F m0 = g * dv[0], m1 = g * dv[1], m2 = g * dv[2];
+    // the fourth values are zeros: their products are left out, not summed
+    const F through_point = {m0[0] + m0[1] + m0[2], m1[0] + m1[1] + m1[2], m2[0] + m2[1] + m2[2], 0.f};
+    pairs.add(v + l, g + through_point);
+    if (in) {
+      pairs.lane(l, g);
+    } else {
+      pairs.flush();
+      lv.scatter(l, t, 4, g);
+    }
+  }
+}
+
+inline void square_forward_interleaved(const SquareArgs<float>& a) {
+  const Extent<3> e = make_extent<3>(a.geo.size);
+  for_rows<3, float>(a.geo.batch, e, a.num_threads, 4, [&](auto lanes, int64_t b, const int64_t* c, int64_t v,
+                                                          int64_t x) {
+    square_forward_lanes<decltype(lanes)>(a, e, b, c, v, x);
+  });
+}
+
+inline void square_backward_interleaved(const SquareArgs<float>& a) {
+  const Extent<3> e = make_extent<3>(a.geo.size);
+  const int64_t values = a.geo.batch * e.numel() * 4;
+  const int nt = threads_for(a.geo.batch * e.numel(), a.num_threads);
+  float* target = a.grad_field;
+  parallel_for(values, nt, [&](int64_t j) { target[j] = 0.f; });
+  scatter_rows(FirstAxis<float, 4>{a.field, 4 * e.numel()}, a.geo.batch, e, nt, target, values,
+               [&](int64_t r0, int64_t r1, float* into) {
+                 for (int64_t r = r0; r < r1; ++r)
+                   for_row<3, float>(e, r, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                     square_backward_lanes<decltype(lanes)>(a, e, b, c, v, x, into);
+                   });
+               });
+}
+
+template <typename T>
+void square_forward(const SquareArgs<T>& a) {
+  if constexpr (std::is_same<T, float>::value)
+    if (a.interleaved) return square_forward_interleaved(a);
+  warp_forward(square_as_warp(a));
+}
+
+template <typename T>
+void square_backward(const SquareArgs<T>& a) {
+  if constexpr (std::is_same<T, float>::value)
+    if (a.interleaved) return square_backward_interleaved(a);
+  warp_backward(square_as_warp(a));
+}
+
+}  // namespace cpu
+GEMINI_ISA_END
+}  // namespace gemini
