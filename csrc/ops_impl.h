@@ -185,13 +185,19 @@ struct Ops {
       if (interleaved) level_shape = {geo.batch, geo.size[0], geo.size[1], geo.size[2], 4};
     }
 
-    static at::Tensor empty_of(std::vector<int64_t> shape, int64_t count, const at::TensorOptions& o) {
+    static std::vector<int64_t> counted(std::vector<int64_t> shape, int64_t count) {
       if (count >= 0) shape.insert(shape.begin(), count);
-      return Policy::empty(shape, o);
+      return shape;
     }
     // one level, or (count, *level) when count >= 0
-    at::Tensor empty(int64_t count = -1) const { return empty_of(level_shape, count, options); }
-    at::Tensor empty_fields(int64_t count = -1) const { return empty_of(field_shape, count, options); }
+    at::Tensor empty(int64_t count = -1) const { return Policy::empty(counted(level_shape, count), options); }
+    at::Tensor empty_fields(int64_t count = -1) const {
+      return Policy::empty(counted(field_shape, count), options);
+    }
+    // count levels for a backward: zeroed where interleaved (square_backward)
+    at::Tensor backward_workspace(int64_t count) const {
+      return interleaved ? Policy::zeros(counted(level_shape, count), options) : empty(count);
+    }
 
     // level `into` = field (B, ndim, *S) times scale; returns into
     const at::Tensor& load(const at::Tensor& field, double scale, const at::Tensor& into) const {
@@ -246,13 +252,14 @@ struct Ops {
     });
   }
 
-  // d loss / d u of one squaring step from d loss / d out = g, into out (levels).
+  // d loss / d u of one squaring step from d loss / d out = g, into out
+  // (levels; interleaved ones: out zeroed on entry, g zeroed on return).
   static void square_backward(const Levels& L, const at::Tensor& g, const at::Tensor& u, const at::Tensor& out,
                               int padding) {
     dispatch_work(u.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       SquareArgs<K> a = square_args<K>(L, u, padding);
-      a.grad = cptr<K>(g);
+      a.grad = mptr<K>(g);
       a.grad_field = mptr<K>(out);
       Backend::square_backward(a, Policy::stream(u));
     });
@@ -355,7 +362,7 @@ struct Ops {
     const int64_t count = (num_steps - 1) / every;
     // one workspace: two gradient levels, a segment's first level and the
     // levels it recomputes
-    const at::Tensor ws = L.empty(2 + every);
+    const at::Tensor ws = L.backward_workspace(2 + every);
     at::Tensor ckpt = fields, scratch[2];
     if (!saved) {  // levels, recomputed here
       ckpt = L.empty(count);

@@ -332,11 +332,13 @@ struct FirstAxis {
 };
 
 // Slab thickness along the first axis that keeps the scatters of even (odd)
-// slabs apart, or 0 when the displacements are not finite or too large.
+// slabs apart, or 0 when the displacements are not finite or too large:
+// at least 2 ceil(max |ddf_0|) + 2 planes, thickened so that the slabs
+// share evenly among nt threads in both colours where there are enough.
 // (One thread: a memory-bound pass of one channel costs less than waking
 // and joining the pool, which on shared cores can wait a time slice.)
 template <typename T, int kStep>
-int64_t scatter_slab(const FirstAxis<T, kStep>& f, int64_t batch, int64_t n) {
+int64_t scatter_slab(const FirstAxis<T, kStep>& f, int64_t batch, int64_t n, int64_t depth, int nt) {
   T m = T(0);
   int bad = 0;
   for (int64_t b = 0; b < batch; ++b) {
@@ -349,7 +351,10 @@ int64_t scatter_slab(const FirstAxis<T, kStep>& f, int64_t batch, int64_t n) {
     }
   }
   if (bad) return 0;
-  return 2 * static_cast<int64_t>(std::ceil(m)) + 2;
+  const int64_t thinnest = 2 * static_cast<int64_t>(std::ceil(m)) + 2;
+  int64_t slabs = depth / thinnest;
+  if (slabs >= 2 * nt) slabs -= slabs % (2 * nt);
+  return slabs ? (depth + slabs - 1) / slabs : thinnest;
 }
 
 // run_rows(r0, r1, target) scatters what rows [r0, r1) of `batch` planes
@@ -364,7 +369,8 @@ void scatter_rows(const FirstAxis<T, kStep>& first_axis, int64_t batch, const Ex
     run_rows(int64_t(0), rows, target);
     return;
   }
-  const int64_t slab = scatter_slab(first_axis, batch, e.numel()), depth = e.size[0], rows_per_z = per_plane / depth;
+  const int64_t depth = e.size[0], rows_per_z = per_plane / depth;
+  const int64_t slab = scatter_slab(first_axis, batch, e.numel(), depth, nt);
   const int64_t slabs = slab ? (depth + slab - 1) / slab : 0;
   if (slab && batch * (slabs / 2) >= nt) {
     for (int colour = 0; colour < 2; ++colour) {

@@ -135,7 +135,7 @@ void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64
   const unsigned inside = lv.all_inside();
   const int64_t n = e.numel();
   const float* u = a.field + b * n * 4;
-  const float* grad = a.grad + (b * n + v) * 4;
+  float* grad = a.grad + (b * n + v) * 4;
   float* t = target + b * n * 4;
   PairScatter<S> pairs(lv, t);
   const int64_t ahead = 2 * e.stride[0];  // as in the forward
@@ -143,6 +143,7 @@ void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64
     prefetch_voxel<0>(u, lv.off[l] + ahead);
     prefetch_voxel<1>(t, lv.off[l] + ahead);
     const F g = Q::load(grad + 4 * l);
+    Q::store(grad + 4 * l, Q::set(0.f));
     F dv[3];
     const bool in = (inside >> l) & 1u;
     if (in)
@@ -175,7 +176,6 @@ inline void square_backward_interleaved(const SquareArgs<float>& a) {
   const int64_t values = a.geo.batch * e.numel() * 4;
   const int nt = threads_for(a.geo.batch * e.numel(), a.num_threads);
   float* target = a.grad_field;
-  parallel_for(values, nt, [&](int64_t j) { target[j] = 0.f; });
   scatter_rows(FirstAxis<float, 4>{a.field, 4 * e.numel()}, a.geo.batch, e, nt, target, values,
                [&](int64_t r0, int64_t r1, float* into) {
                  for (int64_t r = r0; r < r1; ++r)

@@ -107,12 +107,14 @@ struct SquareArgs {
   Geometry geo;               // channels == ndim
   int padding = 0;
   // CPU, 3D float below kRowKernelVoxels: every field is (B, *S, 4), the 3
-  // components of a voxel and a zero (csrc/cpu/square.h). Set by the host
-  // loops of ops_impl.h only where their Policy says so.
+  // components of a voxel and a zero (csrc/cpu/square.h), and the backward
+  // takes grad_field zeroed and leaves grad zeroed (the next step's
+  // grad_field: no fill pass per step). Set by the host loops of ops_impl.h
+  // only where their Policy says so.
   bool interleaved = false;
   const T* field = nullptr;   // u
   T* out = nullptr;           // forward
-  const T* grad = nullptr;    // backward: d loss / d out
+  T* grad = nullptr;          // backward: d loss / d out (only read unless interleaved)
   T* grad_field = nullptr;    // backward: d loss / d u, written
   int num_threads = 1;        // CPU backends
 };
