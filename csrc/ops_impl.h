@@ -588,28 +588,30 @@ struct HostPolicy {
   // (count, n, 4) = scale * fields (count, 3, n) with zeros in the fourth
   // values, and back. Memory-bound copies, vectorised by the compiler.
   static void to_levels(const float* fields, double scale, float* levels, int64_t count, int64_t n) {
-    const float s = static_cast<float>(scale);
-    for_item_ranges(count, n, [&](int64_t item, int64_t v0, int64_t v1) {
-      const float* f = fields + item * 3 * n;
-      float* u = levels + item * 4 * n;
-      for (int64_t v = v0; v < v1; ++v) {
-        u[4 * v] = s * f[v];
-        u[4 * v + 1] = s * f[n + v];
-        u[4 * v + 2] = s * f[2 * n + v];
-        u[4 * v + 3] = 0.f;
-      }
-    });
+    convert_levels<true>(fields, scale, levels, count, n);
   }
   static void from_levels(const float* levels, double scale, float* fields, int64_t count, int64_t n) {
+    convert_levels<false>(levels, scale, fields, count, n);
+  }
+  template <bool kToLevels>
+  static void convert_levels(const float* in, double scale, float* out, int64_t count, int64_t n) {
     const float s = static_cast<float>(scale);
     for_item_ranges(count, n, [&](int64_t item, int64_t v0, int64_t v1) {
-      const float* u = levels + item * 4 * n;
-      float* f = fields + item * 3 * n;
-      for (int64_t v = v0; v < v1; ++v) {
-        f[v] = s * u[4 * v];
-        f[n + v] = s * u[4 * v + 1];
-        f[2 * n + v] = s * u[4 * v + 2];
-      }
+      const float* x = in + item * (kToLevels ? 3 : 4) * n;
+      float* y = out + item * (kToLevels ? 4 : 3) * n;
+      if constexpr (kToLevels)
+        for (int64_t v = v0; v < v1; ++v) {
+          y[4 * v] = s * x[v];
+          y[4 * v + 1] = s * x[n + v];
+          y[4 * v + 2] = s * x[2 * n + v];
+          y[4 * v + 3] = 0.f;
+        }
+      else
+        for (int64_t v = v0; v < v1; ++v) {
+          y[v] = s * x[4 * v];
+          y[n + v] = s * x[4 * v + 1];
+          y[2 * n + v] = s * x[4 * v + 2];
+        }
     });
   }
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return host_tensor(sizes, o, false); }

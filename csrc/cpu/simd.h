@@ -77,43 +77,52 @@ struct Scalar {
   }
 };
 
-// The four values of one voxel of an interleaved field (csrc/cpu/square.h),
-// in every build: a GCC/Clang vector type (an SSE register on x86).
-struct Quad {
-  static constexpr int L = 4;
+// N floats as one GCC/Clang vector (SSE/AVX registers on x86), in every build.
+template <int N>
+struct FloatVector;  // (GCC drops vector_size with a dependent size)
+template <>
+struct FloatVector<4> {
+  typedef float type __attribute__((vector_size(16)));
+};
+template <>
+struct FloatVector<8> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <int N>
+struct Floats {
+  static constexpr int L = N;
   using E = float;
-  typedef float F __attribute__((vector_size(16)));
+  using F = typename FloatVector<N>::type;
   static F load(const float* p) {
     F v;
     __builtin_memcpy(&v, p, sizeof v);
     return v;
   }
   static void store(float* p, F v) { __builtin_memcpy(p, &v, sizeof v); }
-  static F set(float v) { return F{v, v, v, v}; }
+  static F set(float v) {
+    if constexpr (N == 4)
+      return F{v, v, v, v};
+    else
+      return F{v, v, v, v, v, v, v, v};
+  }
+  static F fma(F a, F b, F c) {
 #if GEMINI_ISA_LEVEL >= 1
-  static F fma(F a, F b, F c) { return _mm_fmadd_ps(a, b, c); }
-#else
-  static F fma(F a, F b, F c) { return a * b + c; }
+    if constexpr (N == 4) return _mm_fmadd_ps(a, b, c);
+    if constexpr (N == 8) return _mm256_fmadd_ps(a, b, c);
 #endif
+    return a * b + c;
+  }
 };
 
+// The four values of one voxel of an interleaved field (csrc/cpu/square.h).
+struct Quad : Floats<4> {};
+
 // Two neighbouring voxels of an interleaved field (an x pair of corners).
-struct Pair {
-  static constexpr int L = 8;
-  using E = float;
-  typedef float F __attribute__((vector_size(32)));
-  static F load(const float* p) {
-    F v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-  }
-  static F set(float v) { return F{v, v, v, v, v, v, v, v}; }
+struct Pair : Floats<8> {
 #if GEMINI_ISA_LEVEL >= 1
-  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static Quad::F low(F p) { return _mm256_castps256_ps128(p); }
   static Quad::F high(F p) { return _mm256_extractf128_ps(p, 1); }
 #else
-  static F fma(F a, F b, F c) { return a * b + c; }
   static Quad::F low(F p) { return Quad::F{p[0], p[1], p[2], p[3]}; }
   static Quad::F high(F p) { return Quad::F{p[4], p[5], p[6], p[7]}; }
 #endif
