@@ -150,9 +150,13 @@ void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64
       sample_interior(lv, l, u, dv);
     else
       lv.sample(l, u, 4, dv);
-    const F m0 = g * dv[0], m1 = g * dv[1], m2 = g * dv[2];
-    // the fourth values are zeros: their products are left out, not summed
-    const F through_point = {m0[0] + m0[1] + m0[2], m1[0] + m1[1] + m1[2], m2[0] + m2[1] + m2[2], 0.f};
+    const F m0 = g * dv[0], m1 = g * dv[1], m2 = g * dv[2], zero = {};
+    // through_point[k] = m_k[0] + m_k[1] + m_k[2] (a 4 x 4 transpose; the
+    // fourth values are zeros, their products are left out, not summed)
+    const F lo = __builtin_shufflevector(m0, m1, 0, 4, 1, 5), hi = __builtin_shufflevector(m0, m1, 2, 6, 3, 7);
+    const F lo2 = __builtin_shufflevector(m2, zero, 0, 4, 1, 5), hi2 = __builtin_shufflevector(m2, zero, 2, 6, 3, 7);
+    const F through_point = __builtin_shufflevector(lo, lo2, 0, 1, 4, 5) + __builtin_shufflevector(lo, lo2, 2, 3, 6, 7) +
+                            __builtin_shufflevector(hi, hi2, 0, 1, 4, 5);
     pairs.add(v + l, g + through_point);
     if (in) {
       pairs.lane(l, g);
