@@ -78,6 +78,12 @@ struct Scalar {
 };
 
 // N floats as one GCC/Clang vector (SSE/AVX registers on x86), in every build.
+// The portable build passes 32-byte ones without AVX; GCC warns that such a
+// call's ABI differs from an AVX build's, which cannot matter here: these
+// are inline functions of one instruction set's namespace (GEMINI_ISA_BEGIN).
+#if defined(__GNUC__) && !defined(__clang__) && GEMINI_ISA_LEVEL == 0
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 template <int N>
 struct FloatVector;  // (GCC drops vector_size with a dependent size)
 template <>

@@ -96,7 +96,7 @@ struct PairScatter {
   using Q = simd::Quad;
   const LaneVoxels<3, S, Q>& lv;
   float* t;
-  Q::F upper[4];
+  Q::F upper[4] = {};  // read only after a lane has set them (at >= 0)
   int64_t at = -1;  // offset (voxels) of the upper corners waiting, or -1
 
   PairScatter(const LaneVoxels<3, S, Q>& lanes, float* target) : lv(lanes), t(target) {}
