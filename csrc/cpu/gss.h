@@ -343,12 +343,13 @@ void gss_backward_rows(const GssArgs<T>& a, const Extent<NDIM>& e, G* out, int64
   const int64_t items = a.geo.batch * e.numel();
   const int nt = threads_for(items, a.num_threads);
   if (out)
-    scatter_rows(FirstAxis<T>{a.ddf, NDIM * e.numel()}, a.geo.batch, e, nt, out, out_numel, [&](int64_t r0, int64_t r1, G* into) {
-      for (int64_t r = r0; r < r1; ++r)
-        for_row<NDIM, T>(e, r, [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-          lanes(tag, b, c, v, x, into);
-        });
-    });
+    scatter_rows(FirstAxis<T>{a.ddf, NDIM * e.numel()}, a.geo.batch, e, nt, out, out_numel,
+                 [&](int64_t r0, int64_t r1, G* into) {
+                   for (int64_t r = r0; r < r1; ++r)
+                     for_row<NDIM, T>(e, r, [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                       lanes(tag, b, c, v, x, into);
+                     });
+                 });
   else
     for_rows<NDIM, T>(a.geo.batch, e, nt, a.geo.channels,
                       [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {

@@ -176,17 +176,26 @@ void for_rows(int64_t batch, const Extent<NDIM>& e, int num_threads, int64_t cha
   parallel_for(rows, num_threads, [&](int64_t r) { for_row<NDIM, T>(e, r, span); }, W * channels);
 }
 
+// The sample points of the lanes starting at voxel x of a row (c: its other
+// coordinates), given their displacements d (made the points in place).
+template <int NDIM, class S>
+[[gnu::always_inline]] inline LinearLanes<NDIM, S> lanes_at(typename S::F* d, int padding, const Extent<NDIM>& e,
+                                                            const int64_t* c, int64_t x) {
+  using E = typename S::E;
+  for (int k = 0; k < NDIM - 1; ++k) d[k] = d[k] + S::set(E(c[k]));
+  d[NDIM - 1] = d[NDIM - 1] + S::iota(E(x));
+  return LinearLanes<NDIM, S>(d, e, padding);
+}
+
 // The sample points x + ddf(x) of the lanes starting at voxel x of a row.
 template <int NDIM, class S, typename T>
 LinearLanes<NDIM, S> sample_lanes(const T* ddf, int padding, const Extent<NDIM>& e, int64_t b, const int64_t* c,
                                   int64_t v, int64_t x) {
-  using E = typename S::E;
   const int64_t n = e.numel();
   const T* d = ddf + b * NDIM * n + v;
   typename S::F p[NDIM];
-  for (int k = 0; k < NDIM - 1; ++k) p[k] = S::load(d + k * n) + S::set(E(c[k]));
-  p[NDIM - 1] = S::load(d + (NDIM - 1) * n) + S::iota(E(x));
-  return LinearLanes<NDIM, S>(p, e, padding);
+  for (int k = 0; k < NDIM; ++k) p[k] = S::load(d + k * n);
+  return lanes_at<NDIM, S>(p, padding, e, c, x);
 }
 
 // Corner offsets and masks of the lanes (live: lanes that count at all).

@@ -34,10 +34,7 @@ template <class S>
                                                                   int64_t b, const int64_t* c, int64_t v, int64_t x) {
   typename S::F p[3];
   S::load_components(u + (b * e.numel() + v) * 4, p);
-  p[0] = p[0] + S::set(static_cast<float>(c[0]));
-  p[1] = p[1] + S::set(static_cast<float>(c[1]));
-  p[2] = p[2] + S::iota(static_cast<float>(x));
-  return LinearLanes<3, S>(p, e, padding);
+  return lanes_at<3, S>(p, padding, e, c, x);
 }
 
 // Lane l's sample where all its corners are inside: its 4 rows (z, y) of x
@@ -155,8 +152,8 @@ void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64
     // fourth values are zeros, their products are left out, not summed)
     const F lo = __builtin_shufflevector(m0, m1, 0, 4, 1, 5), hi = __builtin_shufflevector(m0, m1, 2, 6, 3, 7);
     const F lo2 = __builtin_shufflevector(m2, zero, 0, 4, 1, 5), hi2 = __builtin_shufflevector(m2, zero, 2, 6, 3, 7);
-    const F through_point = __builtin_shufflevector(lo, lo2, 0, 1, 4, 5) + __builtin_shufflevector(lo, lo2, 2, 3, 6, 7) +
-                            __builtin_shufflevector(hi, hi2, 0, 1, 4, 5);
+    const F through_point = __builtin_shufflevector(lo, lo2, 0, 1, 4, 5) +
+                            __builtin_shufflevector(lo, lo2, 2, 3, 6, 7) + __builtin_shufflevector(hi, hi2, 0, 1, 4, 5);
     pairs.add(v + l, g + through_point);
     if (in) {
       pairs.lane(l, g);
