@@ -2,17 +2,22 @@
 
     python benchmarks/bench_ops.py [--device cpu|cuda] [--sizes 64 96 128 | --size D H W] [--threads 2 1]
                                    [--paths avx2 avx512] [--cases integrate warp gss ncc step]
-                                   [--channels C] [--repeats N] [--composition] [--busy-core]
-                                   [--finite-checks] [--json out.json]
+                                   [--channels C] [--repeats N] [--min-time S] [--composition]
+                                   [--busy-core] [--finite-checks] [--json out.json]
 
 For each size, thread count and case it prints one table: the forward and
-forward+backward time (min over the repeats after a warm-up; median in
+forward+backward time (min over the samples after a warm-up; median in
 brackets), the peak extra memory of forward+backward (inputs excluded: CPU
-from VmHWM - VmRSS after resetting the peak, CUDA from max_memory_allocated),
+from VmHWM - VmRSS after resetting the peak and emptying our host-page
+cache, CUDA from max_memory_allocated), the memory our ops keep for the next
+call once it returns ("kept", gemini_ops.cached_bytes()),
 and MONAI / this row, computed from the min times of this run. ``--paths``
 measures our CPU kernels on each forced instruction set (see
 GEMINI_CPU_CAPABILITY in csrc/cpu/capability.h) next to the same MONAI rows.
 Displacements and velocities are smooth random fields (max |u| 4 voxels).
+A table's rows are timed in rounds that call each row once in turn, at least
+``--repeats`` rounds and ``--min-time`` seconds of them, so every row has as
+many samples and a burst of other work slows all rows alike.
 
 ``--cases step`` prints one squaring step's forward against the memory
 floor (reading and writing the field once at the bandwidth of a 256 MiB copy,
@@ -40,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
+import functools  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -96,6 +102,8 @@ def peak_extra_mib(fn: Callable[[], None], device: str) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     _malloc_trim()
+    if hasattr(torch.ops.gemini, "empty_cache"):
+        torch.ops.gemini.empty_cache()  # its pages count as this call's
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
     base = _rss_kib("VmRSS")
@@ -103,37 +111,66 @@ def peak_extra_mib(fn: Callable[[], None], device: str) -> float:
     return (_rss_kib("VmHWM") - base) / 1024
 
 
-def timings(fn: Callable[[], None], device: str, repeats: int) -> tuple[float, float]:
-    """(min, median) wall time in ms after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+def side_by_side(fns: dict, device: str, repeats: int, min_time: float) -> dict:
+    """{label: (min, median) wall time in ms} of each callable after one
+    warm-up call each, timed in rounds that call every one in turn: at least
+    `repeats` rounds and at least `min_time` seconds of rounds. A burst of
+    other work on a shared machine then slows every row of a table alike,
+    and every row has the same number of samples to take its min from. Each
+    round starts one further along: whichever runs right after another pays
+    for the memory that one freed (at 128^3, the row after MONAI's took 1.7x
+    as long), and each row does so equally often."""
+    for fn in fns.values():
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return min(times), statistics.median(times)
+    times = {label: [] for label in fns}
+    order = list(fns.items())
+    start = time.perf_counter()
+    while min(len(t) for t in times.values()) < repeats or time.perf_counter() - start < min_time:
+        shift = len(times[order[0][0]]) % len(order)
+        for label, fn in order[shift:] + order[:shift]:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[label].append((time.perf_counter() - t0) * 1e3)
+    return {label: (min(t), statistics.median(t)) for label, t in times.items()}
 
 
-def measure(forward: Callable[[], torch.Tensor], inputs: list, device: str, repeats: int) -> dict:
-    def fwd() -> None:
-        with torch.no_grad():
-            forward()
+def measure(impls: dict, device: str, repeats: int, min_time: float) -> dict:
+    """{label: row} for impls {label: (select, forward returning a scalar,
+    leaf inputs)}, select() run before each call (our instruction-set path):
+    the forward and forward+backward times side by side, then each one's
+    peak extra memory."""
 
-    def fwd_bwd() -> None:
-        for t in inputs:
+    def fwd(select, forward, inputs) -> Callable[[], None]:
+        def run() -> None:
+            select()
+            with torch.no_grad():
+                forward()
+
+        return run
+
+    def fwd_bwd(select, forward, inputs) -> Callable[[], None]:
+        def run() -> None:
+            select()
+            for t in inputs:
+                t.grad = None
+            forward().backward()
+
+        return run
+
+    f = side_by_side({label: fwd(*impl) for label, impl in impls.items()}, device, repeats, min_time)
+    fb = side_by_side({label: fwd_bwd(*impl) for label, impl in impls.items()}, device, repeats, min_time)
+    rows = {}
+    for label, impl in impls.items():
+        rows[label] = {"fwd_ms": f[label][0], "fwd_med_ms": f[label][1], "fwd_bwd_ms": fb[label][0]}
+        rows[label].update(fwd_bwd_med_ms=fb[label][1], peak_mib=peak_extra_mib(fwd_bwd(*impl), device))
+        rows[label]["kept_mib"] = gemini_ops.cached_bytes() / 2**20
+        for t in impl[2]:
             t.grad = None
-        forward().backward()
-
-    fwd_min, fwd_med = timings(fwd, device, repeats)
-    fb_min, fb_med = timings(fwd_bwd, device, repeats)
-    mem = peak_extra_mib(fwd_bwd, device)
-    for t in inputs:
-        t.grad = None
-    return {"fwd_ms": fwd_min, "fwd_med_ms": fwd_med, "fwd_bwd_ms": fb_min, "fwd_bwd_med_ms": fb_med, "peak_mib": mem}
+    return rows
 
 
 def monai_blocks():
@@ -217,7 +254,7 @@ def cases(size, channels: int, device: str, wanted: tuple, composition: bool):
         yield "local NCC (window 9)", impls
 
 
-def squaring_step_vs_floor(size, device: str, repeats: int) -> tuple[float, float]:
+def squaring_step_vs_floor(size, device: str, repeats: int, min_time: float) -> tuple[float, float]:
     """(ms of one squaring step's forward, ms of the memory floor): the step
     is the marginal cost (t(7 steps) - t(1 step)) / 6 of the integration
     forward; the floor is the time to move the bytes a step must move (read
@@ -227,11 +264,23 @@ def squaring_step_vs_floor(size, device: str, repeats: int) -> tuple[float, floa
     big = torch.empty(2**26, device=device)  # 256 MiB
     big_out = torch.empty_like(big)
     with torch.no_grad():
-        t7 = timings(lambda: gemini_ops.integrate_velocity(v, 7), device, repeats)[0]
-        t1 = timings(lambda: gemini_ops.integrate_velocity(v, 1), device, repeats)[0]
-        copy = timings(lambda: big_out.copy_(big), device, repeats)[0]
+        t = side_by_side(
+            {
+                7: lambda: gemini_ops.integrate_velocity(v, 7),
+                1: lambda: gemini_ops.integrate_velocity(v, 1),
+                "copy": lambda: big_out.copy_(big),
+            },
+            device,
+            repeats,
+            min_time,
+        )
+    t7, t1, copy = t[7][0], t[1][0], t["copy"][0]
     bytes_per_ms = 2 * big.numel() * big.element_size() / copy
     return (t7 - t1) / 6, 2 * v.numel() * v.element_size() / bytes_per_ms
+
+
+def _keep() -> None:
+    """select() of rows that are not our forced instruction sets."""
 
 
 def _spin() -> None:
@@ -277,7 +326,10 @@ def main() -> None:
     )
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="at least this many rounds of each table's rows")
+    parser.add_argument(
+        "--min-time", type=float, default=2.0, help="and at least this many seconds of rounds (per fwd / fwd+bwd)"
+    )
     parser.add_argument("--composition", action="store_true", help="also time the plain PyTorch composition")
     parser.add_argument("--busy-core", action="store_true", help="keep one core busy with another process")
     parser.add_argument(
@@ -323,7 +375,7 @@ def main() -> None:
                 for p in paths:
                     if args.device == "cpu" and ops is not None:
                         ops.set_cpu_capability(p)
-                    step, floor = squaring_step_vs_floor(size, args.device, args.repeats)
+                    step, floor = squaring_step_vs_floor(size, args.device, args.repeats, args.min_time)
                     print(f"| ours ({p}) | {step:.2f} | {floor:.2f} | {step / floor:.1f}x |", flush=True)
                     rows.append(dict(case="step", impl=p, size=size, threads=threads, step_ms=step, floor_ms=floor))
                 if ops is not None:
@@ -331,25 +383,26 @@ def main() -> None:
             for name, impls in cases(size, args.channels, args.device, tuple(args.cases), args.composition):
                 print(f"\n## {name}, {'x'.join(map(str, size))}, {threads} thread(s), load {os.getloadavg()[0]:.2f}")
                 header = (
-                    "| impl | fwd ms (median) | fwd+bwd ms (median) | peak MiB | MONAI ÷ this, fwd | fwd+bwd | peak |"
+                    "| impl | fwd ms (median) | fwd+bwd ms (median) | peak MiB | kept MiB | MONAI ÷ this, fwd | fwd+bwd "
+                    "| peak |"
                 )
                 if args.busy_core:
                     header += " busy ÷ idle 1 thread |"
                 print(header)
                 print("|" + "---|" * (header.count("|") - 1))
-                results = {}
-                idle = {}
+                entries = {}
                 for impl, (fn, inputs) in impls.items():
                     for p in paths if impl == "ours" else [None]:
-                        label = f"ours ({p})" if p and args.device == "cpu" and ops is not None else impl
-                        if p and args.device == "cpu" and ops is not None:
-                            ops.set_cpu_capability(p)
-                        if args.busy_core and impl == "ours":
-                            torch.set_num_threads(1)
-                            idle[label] = measure(fn, inputs, args.device, args.repeats)
-                        torch.set_num_threads(threads)
-                        with BusyCore(args.busy_core):
-                            results[label] = measure(fn, inputs, args.device, args.repeats)
+                        forced = p is not None and args.device == "cpu" and ops is not None
+                        label = f"ours ({p})" if forced else impl
+                        entries[label] = (functools.partial(ops.set_cpu_capability, p) if forced else _keep, fn, inputs)
+                idle = {}
+                if args.busy_core:
+                    torch.set_num_threads(1)
+                    idle = measure({k: v for k, v in entries.items() if k != "MONAI"}, args.device, args.repeats, 0.0)
+                torch.set_num_threads(threads)
+                with BusyCore(args.busy_core):
+                    results = measure(entries, args.device, args.repeats, args.min_time)
                 if ops is not None:
                     ops.set_cpu_capability(active)
                 monai = results["MONAI"]
@@ -360,7 +413,7 @@ def main() -> None:
                     r["monai_peak_ratio"] = monai["peak_mib"] / max(r["peak_mib"], 1e-3)
                     line = (
                         f"| {label} | {r['fwd_ms']:.1f} ({r['fwd_med_ms']:.1f}) | {r['fwd_bwd_ms']:.1f} "
-                        f"({r['fwd_bwd_med_ms']:.1f}) | {r['peak_mib']:.1f} | {r['monai_fwd_ratio']:.1f}x "
+                        f"({r['fwd_bwd_med_ms']:.1f}) | {r['peak_mib']:.1f} | {r['kept_mib']:.0f} | {r['monai_fwd_ratio']:.1f}x "
                         f"| {r['monai_fwd_bwd_ratio']:.1f}x | {r['monai_peak_ratio']:.2f}x |"
                     )
                     if args.busy_core:

@@ -43,6 +43,9 @@ TORCH_LIBRARY(gemini, m) {
   m.def("cpu_capability() -> str", []() { return std::string(gemini::isa::name(gemini::isa::active())); });
   m.def("set_cpu_capability(str capability) -> str",
         [](const std::string& c) { return gemini::isa::set_capability(c); });
+  // the host pages kept for reuse (see gemini/host_pages.h): unmapped, and their bytes
+  m.def("empty_cache() -> int", []() { return static_cast<int64_t>(gemini::release_cached_host_pages()); });
+  m.def("cached_bytes() -> int", []() { return static_cast<int64_t>(gemini::cached_host_page_bytes()); });
 }
 
 TORCH_LIBRARY(gemini_emulated, m) { gemini::define_schemas(m); }

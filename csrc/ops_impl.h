@@ -20,7 +20,7 @@
 
 #include "gemini/params.h"
 #include "gemini/voxel_math.h"
-#include "gemini/zero_pages.h"
+#include "gemini/host_pages.h"
 
 namespace gemini {
 
@@ -189,14 +189,18 @@ struct Ops {
       if (count >= 0) shape.insert(shape.begin(), count);
       return shape;
     }
-    // one level, or (count, *level) when count >= 0
-    at::Tensor empty(int64_t count = -1) const { return Policy::empty(counted(level_shape, count), options); }
+    // One level. Each level is a tensor of its own: on the host, a level's
+    // pages then serve the next call's levels (gemini/host_pages.h).
+    at::Tensor empty() const { return Policy::empty(level_shape, options); }
+    std::vector<at::Tensor> empty(int64_t count) const {
+      std::vector<at::Tensor> levels;
+      for (int64_t i = 0; i < count; ++i) levels.push_back(empty());
+      return levels;
+    }
+    // the first target of a backward: zeroed where interleaved (square_backward)
+    at::Tensor backward_target() const { return interleaved ? Policy::zeros(level_shape, options) : empty(); }
     at::Tensor empty_fields(int64_t count = -1) const {
       return Policy::empty(counted(field_shape, count), options);
-    }
-    // count levels for a backward: zeroed where interleaved (square_backward)
-    at::Tensor backward_workspace(int64_t count) const {
-      return interleaved ? Policy::zeros(counted(level_shape, count), options) : empty(count);
     }
 
     // level `into` = field (B, ndim, *S) times scale; returns into
@@ -277,16 +281,17 @@ struct Ops {
   }
 
   // `steps` squarings from level `first`, returning the last level. Levels
-  // at multiples of `every` go to `kept` ((count, *level) levels, or
-  // (count, B, ndim, *S) fields when kept_fields) while it has room; the
-  // others to the two scratch levels (allocated where undefined; the second
-  // may be `first` when the caller is done with it).
+  // at multiples of `every` go to `kept` (levels, or (B, ndim, *S) fields
+  // when kept_fields) while it has room; the others to the two scratch
+  // levels (allocated where undefined; the second may be `first` when the
+  // caller is done with it).
   static at::Tensor squarings(const Levels& L, const at::Tensor& first, int64_t steps, int64_t every,
-                              const at::Tensor& kept, bool kept_fields, at::Tensor* scratch, int p) {
+                              const std::vector<at::Tensor>& kept, bool kept_fields, at::Tensor* scratch, int p) {
     const bool convert = kept_fields && L.interleaved;
+    const int64_t room = static_cast<int64_t>(kept.size());
     at::Tensor prev = first;
     for (int64_t k = 1, w = 0; k <= steps; ++k) {
-      const at::Tensor keep = k % every == 0 && k / every <= kept.size(0) ? kept[k / every - 1] : at::Tensor();
+      const at::Tensor keep = k % every == 0 && k / every <= room ? kept[k / every - 1] : at::Tensor();
       at::Tensor dst;
       if (keep.defined() && !convert) {
         dst = keep;
@@ -309,10 +314,10 @@ struct Ops {
     if (num_steps == 0) return velocity.clone(at::MemoryFormat::Contiguous);
     // two levels in all: nothing is kept for a backward
     const Levels L(velocity);
-    const at::Tensor ws = L.empty(2);
-    at::Tensor scratch[2] = {ws[1], ws[0]};
-    const at::Tensor last = squarings(L, first_level(L, velocity, num_steps, ws[0]), num_steps, 1,
-                                      L.empty(0), false, scratch, p);
+    const at::Tensor first = L.empty();
+    at::Tensor scratch[2] = {L.empty(), first};
+    const at::Tensor last =
+        squarings(L, first_level(L, velocity, num_steps, first), num_steps, 1, {}, false, scratch, p);
     return L.field_of(last).to(velocity.scalar_type());
   }
 
@@ -330,10 +335,10 @@ struct Ops {
     const at::Tensor fields = L.empty_fields(std::max<int64_t>(num_steps - 1, 0) / every);
     if (num_steps == 0) return {velocity.clone(at::MemoryFormat::Contiguous), fields};
     // the first level's place is the second scratch level once it is squared
-    const at::Tensor ws = L.empty(2);
-    at::Tensor scratch[2] = {ws[1], ws[0]};
-    const at::Tensor last =
-        squarings(L, first_level(L, velocity, num_steps, ws[0]), num_steps, every, fields, true, scratch, p);
+    const at::Tensor first = L.empty();
+    at::Tensor scratch[2] = {L.empty(), first};
+    const at::Tensor last = squarings(L, first_level(L, velocity, num_steps, first), num_steps, every,
+                                      fields.unbind(0), true, scratch, p);
     return {L.field_of(last).to(velocity.scalar_type()), fields};
   }
 
@@ -360,24 +365,27 @@ struct Ops {
       every = num_steps <= kKeepAllSteps ? 1
                                          : static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(num_steps))));
     const int64_t count = (num_steps - 1) / every;
-    // one workspace: two gradient levels, a segment's first level and the
-    // levels it recomputes
-    const at::Tensor ws = L.backward_workspace(2 + every);
-    at::Tensor ckpt = fields, scratch[2];
-    if (!saved) {  // levels, recomputed here
+    // two gradient levels, a segment's first level and the levels it recomputes
+    const at::Tensor start = L.empty();
+    const std::vector<at::Tensor> recomputed = L.empty(every - 1);
+    std::vector<at::Tensor> ckpt;
+    at::Tensor scratch[2];
+    if (saved) {
+      ckpt = fields.unbind(0);
+    } else {  // levels, recomputed here
       ckpt = L.empty(count);
-      squarings(L, first_level(L, velocity, num_steps, ws[2]), count * every, every, ckpt, false, scratch, p);
+      squarings(L, first_level(L, velocity, num_steps, start), count * every, every, ckpt, false, scratch, p);
     }
     // backwards segment by segment; the checkpoints are only read; the
     // gradient alternates between two levels, the first a copy of grad
-    const at::Tensor buf[2] = {L.load(grad, 1.0, ws[0]), ws[1]};
+    const at::Tensor buf[2] = {L.load(grad, 1.0, L.empty()), L.backward_target()};
     int w = 1;
     for (int64_t s = count; s >= 0; --s) {
-      const at::Tensor first = !s     ? first_level(L, velocity, num_steps, ws[2])
-                               : saved ? L.load(ckpt[s - 1], 1.0, ws[2])
+      const at::Tensor first = !s     ? first_level(L, velocity, num_steps, start)
+                               : saved ? L.load(ckpt[s - 1], 1.0, start)
                                        : ckpt[s - 1];
       const int64_t steps = std::min(every, num_steps - s * every);
-      const at::Tensor levels = ws.narrow(0, 3, steps - 1);
+      const std::vector<at::Tensor> levels(recomputed.begin(), recomputed.begin() + (steps - 1));
       squarings(L, first, steps - 1, 1, levels, false, scratch, p);
       for (int64_t j = steps - 1; j >= 0; --j, w ^= 1)
         square_backward(L, buf[w ^ 1], j ? levels[j - 1] : first, buf[w], p);
@@ -555,16 +563,16 @@ struct Ops {
 };
 
 // Host tensors: no device guard, no stream.
-// Host tensors of the ops (outputs and buffers) on zero pages from
-// kZeroPagesFrom bytes on (gemini/zero_pages.h), so that a large zeroed
-// output needs no fill: torch's allocator gives huge pages only to every
-// tensor of a process, with THP_MEM_ALLOC_ENABLE=1.
+// Host tensors of the ops (outputs and buffers) on the huge pages of
+// gemini/host_pages.h from kHostPagesFrom bytes on, reused between calls:
+// torch's allocator gives huge pages only to every tensor of a process,
+// with THP_MEM_ALLOC_ENABLE=1, and maps blocks over 32 MiB afresh each time.
 inline at::Tensor host_tensor(at::IntArrayRef sizes, const at::TensorOptions& options, bool zeroed) {
   const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
   void* map = nullptr;
   size_t length = 0;
-  if (void* data = map_zero_pages(bytes, &map, &length))
-    return at::from_blob(data, sizes, [map, length](void*) { unmap_zero_pages(map, length); }, options);
+  if (void* data = map_host_pages(bytes, zeroed, &map, &length))
+    return at::from_blob(data, sizes, [map, length](void*) { unmap_host_pages(map, length); }, options);
   return zeroed ? at::zeros(sizes, options) : at::empty(sizes, options);
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import _library
+from ._library import cached_bytes, empty_cache
 from .functional import (
     all_finite,
     folding_fraction,
@@ -62,4 +63,6 @@ __all__ = [
     "LocalNCCLoss",
     "LocalNormalizedCrossCorrelationLoss",
     "backend_info",
+    "empty_cache",
+    "cached_bytes",
 ]

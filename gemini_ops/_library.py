@@ -211,3 +211,21 @@ def cpu_capability() -> str | None:
     "avx512"; the environment variable GEMINI_CPU_CAPABILITY caps it), or
     None without the compiled library."""
     return str(torch.ops.gemini.cpu_capability()) if _LOADED else None
+
+
+def empty_cache() -> int:
+    """Unmap the host memory that the CPU ops keep between calls and return its
+    size in bytes (0 without the compiled library).
+
+    Outputs and work buffers of 4 MiB and more live on huge pages that are
+    kept for reuse once freed, up to ``GEMINI_CPU_CACHE_MB`` megabytes
+    (default 1024; ``0`` keeps none), like torch's CUDA caching allocator:
+    fresh pages every call cost page faults, and after other large frees the
+    kernel's compaction for huge pages. This is what the cache holds between
+    calls; :func:`cached_bytes` says how much."""
+    return int(torch.ops.gemini.empty_cache()) if _LOADED else 0
+
+
+def cached_bytes() -> int:
+    """Bytes of host memory kept for reuse by the CPU ops (see :func:`empty_cache`)."""
+    return int(torch.ops.gemini.cached_bytes()) if _LOADED else 0

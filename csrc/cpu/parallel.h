@@ -16,7 +16,7 @@
 #include <new>
 
 #include "gemini/voxel_math.h"
-#include "gemini/zero_pages.h"
+#include "gemini/host_pages.h"
 
 namespace gemini {
 GEMINI_ISA_BEGIN
@@ -93,9 +93,9 @@ inline bool partitions_channels(int64_t channels, int nt) {
   return channels >= nt && (channels % nt == 0 || channels >= 4 * nt);
 }
 
-// A kernel's own zero-filled buffer (gemini/zero_pages.h; small ones from
-// calloc). Each thread faults in only the pages it touches, in parallel,
-// instead of one thread zero-filling them all first.
+// A kernel's own zero-filled buffer (gemini/host_pages.h; small ones from
+// calloc). Fresh pages: each thread faults in only the pages it touches, in
+// parallel, instead of one thread zero-filling them all first.
 template <typename G>
 class ZeroBuffer {
  public:
@@ -103,13 +103,13 @@ class ZeroBuffer {
   explicit ZeroBuffer(int64_t count) {
     if (count <= 0) return;
     const size_t bytes = static_cast<size_t>(count) * sizeof(G);
-    data_ = static_cast<G*>(map_zero_pages(bytes, &map_, &length_));
+    data_ = static_cast<G*>(map_host_pages(bytes, true, &map_, &length_));
     if (!data_) data_ = static_cast<G*>(std::calloc(bytes, 1));
     if (!data_) throw std::bad_alloc();
   }
   ~ZeroBuffer() {
     if (map_)
-      unmap_zero_pages(map_, length_);
+      unmap_host_pages(map_, length_);
     else
       std::free(data_);
   }

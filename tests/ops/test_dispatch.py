@@ -239,7 +239,19 @@ def test_benchmark_runs_every_path(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "bench_ops.py")
     out = tmp_path / "rows.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    cmd = [sys.executable, script, "--sizes", "10x12x14", "--repeats", "1", "--cases", "warp", "step"]
+    cmd = [
+        sys.executable,
+        script,
+        "--sizes",
+        "10x12x14",
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+        "--cases",
+        "warp",
+        "step",
+    ]
     cmd += ["--paths", *SUPPORTED, "--busy-core", "--finite-checks", "--json", str(out)]
     got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr

@@ -2,6 +2,10 @@
 channel counts that make the scatter partition channels (C % threads == 0)
 or give each thread its own buffer (C < threads or uneven), vs the reference."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from opsutil import assert_rel_close, avoid_ties, randn, smooth_field
@@ -141,13 +145,14 @@ def test_local_ncc_plane_slabs(spatial, threads, four_threads):
                 _close(g, r)
 
 
-def test_large_outputs_on_zero_pages(tmp_path):
-    """From 16 MiB on the CPU ops' outputs are mapped zero pages
-    (csrc/include/gemini/zero_pages.h): GSS with 16 channels at 64^3 (16 MiB
-    per feature gradient, the moving one scattered into such zeros) matches
-    the reference, its gradients accumulate in place, and they survive
+def test_large_outputs_on_host_pages(tmp_path):
+    """From 4 MiB on the CPU ops' outputs are mapped host pages
+    (csrc/include/gemini/host_pages.h): GSS with 16 channels at 64^3 (16 MiB
+    per feature gradient, the moving one scattered into zeros) matches the
+    reference, its gradients accumulate in place, and they survive
     torch.save / torch.load."""
     torch.set_num_threads(2)
+    gemini_ops.empty_cache()
     spatial = (64, 64, 64)
     fm = randn((1, 16, *spatial), torch.float32, 21).requires_grad_()
     ff = randn((1, 16, *spatial), torch.float32, 22).requires_grad_()
@@ -160,9 +165,77 @@ def test_large_outputs_on_zero_pages(tmp_path):
     ref_grads = torch.autograd.grad((ref * w).sum(), leaves)
     for _ in range(2):
         (out * w.float()).sum().backward(retain_graph=True)
-    assert not fm.grad.untyped_storage().resizable(), "the gradient should come from mapped zero pages"
+    assert not fm.grad.untyped_storage().resizable(), "the gradient should come from mapped host pages"
     for got, want in zip((fm.grad, ff.grad, ddf.grad), ref_grads):
         scale = want.abs().max().item()
         torch.testing.assert_close(got.double(), 2 * want, rtol=1e-3, atol=1e-4 * scale)
     torch.save(fm.grad, tmp_path / "g.pt")
     torch.testing.assert_close(torch.load(tmp_path / "g.pt"), fm.grad, rtol=0, atol=0)
+
+
+def _dirty_host_pages():
+    """Fills the host-page cache with NaN: three freed op outputs of each even
+    size from 4 to 24 MiB, so that every large buffer of the next call (4 to
+    16 MiB, a call asking for up to 4 of a size) comes from a used mapping."""
+    gemini_ops.empty_cache()
+    ddf = torch.zeros(1, 3, 64, 64, 64)
+    outs = [gemini_ops.warp(torch.ones(1, c, 64, 64, 64), ddf) for c in range(4, 26, 2) for _ in range(3)]
+    for o in outs:
+        assert not o.untyped_storage().resizable(), "op outputs of 4 MiB and more should be on host pages"
+        o.fill_(float("nan"))
+    del outs, o
+    assert gemini_ops.cached_bytes() >= 3 * sum(range(4, 26, 2)) * 2**20
+
+
+def _fwd_bwd(case):
+    """(outputs, gradients) of one forward+backward at sizes whose buffers
+    reach the host pages (>= 4 MiB)."""
+    if case == "integrate":
+        v = smooth_field(1, 3, (80, 80, 80), 31, max_abs=4.0).float().requires_grad_()
+        image = randn((1, 1, 80, 80, 80), torch.float32, 32).requires_grad_()
+        out = gemini_ops.warp(image, gemini_ops.integrate_velocity(v, 7))
+        leaves = [v, image]
+    elif case == "gss":
+        fm = randn((1, 16, 48, 48, 48), torch.float32, 33).requires_grad_()
+        ff = randn((1, 16, 48, 48, 48), torch.float32, 34).requires_grad_()
+        ddf = smooth_field(1, 3, (48, 48, 48), 35, max_abs=4.0).float().requires_grad_()
+        out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+        leaves = [fm, ff, ddf]
+    else:
+        a = randn((2, 1, 84, 84, 84), torch.float32, 36).requires_grad_()
+        b = randn((2, 1, 84, 84, 84), torch.float32, 37).requires_grad_()
+        out = gemini_ops.local_ncc(a, b, 9, reduction="none")
+        leaves = [a, b]
+    grads = torch.autograd.grad((out * randn(out.shape, torch.float32, 38)).sum(), leaves)
+    return [out.detach().clone(), *[g.clone() for g in grads]]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["integrate", "gss", "ncc"])
+def test_reused_host_pages(case, threads):
+    """A call whose buffers come from used (NaN-filled) cached mappings gives
+    the same bits as one on fresh zero pages: every buffer read before it is
+    written is cleared, whichever mapping it gets."""
+    torch.set_num_threads(threads)
+    gemini_ops.empty_cache()
+    fresh = _fwd_bwd(case)
+    _dirty_host_pages()
+    reused = _fwd_bwd(case)
+    for got, want in zip(reused, fresh):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert gemini_ops.cached_bytes() > 0
+    assert gemini_ops.empty_cache() > 0 and gemini_ops.cached_bytes() == 0
+
+
+def test_host_page_cache_limit():
+    """GEMINI_CPU_CACHE_MB=0 keeps nothing; a bad value is named."""
+    code = (
+        "import torch, gemini_ops; d = gemini_ops.integrate_velocity(torch.ones(1, 3, 80, 80, 80), 2); "
+        "del d; print(gemini_ops.cached_bytes())"
+    )
+    env = dict(os.environ, GEMINI_CPU_CACHE_MB="0")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.split()[-1] == "0"
+    env["GEMINI_CPU_CACHE_MB"] = "lots"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.returncode != 0 and "GEMINI_CPU_CACHE_MB" in got.stderr and "'lots'" in got.stderr
