@@ -64,9 +64,11 @@ void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, co
   const int64_t n = e.numel(), C = a.geo.channels;
   const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const Corners<NDIM, S> q(s, e, S::all_lanes());
+  const int64_t ahead = prefetch_distance(e);
   CosineSums<S> sums;
   for (int64_t ch = 0; ch < C; ++ch) {
     const int64_t plane = (b * C + ch) * n;
+    s.template prefetch<0>(a.moving + plane, q.coff, ahead);
     F vals[L::kCorners];
     s.gather(a.moving + plane, q.coff, q.mask, vals);
     sums.add(s.interpolate(vals, nullptr), S::load(a.fixed + plane + v));
@@ -85,6 +87,8 @@ void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const
   const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, S::all_lanes()), false);
   const float* base = mcl + b * n * cp;
+  const int64_t ahead = prefetch_distance(e);
+  for (int l = 0; l < S::L; ++l) lv.template prefetch<0>(l, base, cp, ahead);
   CosineSums<S> sums;
   for (int64_t c0 = 0; c0 < C; c0 += S::L) {
     F w[S::L];
@@ -173,9 +177,12 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
     s.gather(a.moving + (b * C + ch) * n, q.coff, inside, vals);
     return s.interpolate(vals, dv);
   };
+  const int64_t ahead = prefetch_distance(e);
   CosineSums<S> sums;
   for (int64_t ch = 0; ch < C; ++ch) {
     const int64_t plane = (b * C + ch) * n;
+    s.template prefetch<0>(a.moving + plane, q.coff, ahead);
+    if (target) s.template prefetch<1>(target + plane, q.coff, ahead);
     F vals[K], dv[NDIM];
     s.gather(a.moving + plane, q.coff, inside, vals);
     const F w = s.interpolate(vals, dv);
@@ -220,6 +227,12 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
   const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, live), target != nullptr);
   const float* base = mcl + b * n * cp;
+  const int64_t ahead = prefetch_distance(e);
+  for (int l = 0; l < W; ++l) {
+    if (!((live_bits >> l) & 1u)) continue;
+    lv.template prefetch<0>(l, base, cp, ahead);
+    if (target) lv.template prefetch<1>(l, target + b * n * cp, cp, ahead);
+  }
   // channels [c0, c0 + W): w[j] and dv[j][k] of channel c0 + j, vectors of lanes
   auto block = [&](int64_t c0, F* w, F (*dv)[NDIM]) {
     F d[NDIM][W];

@@ -19,12 +19,10 @@ GEMINI_ISA_BEGIN
 namespace cpu {
 
 // Asks for the cache line of voxel v of an interleaved field, to be read
-// (write 0) or written (1). v may lie past the field: the address is formed
-// as an integer, since a pointer past an array is undefined behaviour (which
-// GCC -O3 did exploit here, dropping the scatter).
+// (kWrite 0) or written (1); v may lie past the field (see prefetch_at).
 template <int kWrite>
 [[gnu::always_inline]] inline void prefetch_voxel(const float* field, int64_t v) {
-  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(field) + v * 16), kWrite);
+  prefetch_at<kWrite>(field, v * 4);
 }
 
 // The sample points x + u(x) of the S::L voxels from voxel v (row start x)
@@ -74,8 +72,7 @@ void square_forward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_
   const float* self = u + v * 4;
   float* out = a.out + (b * e.numel() + v) * 4;
   const unsigned inside = lv.all_inside();
-  // two planes ahead: the rows a later row of samples reads, as they come
-  const int64_t ahead = 2 * e.stride[0];
+  const int64_t ahead = prefetch_distance(e);
   for (int l = 0; l < S::L; ++l) {
     prefetch_voxel<0>(u, lv.off[l] + ahead);
     const Q::F y = (inside >> l) & 1u ? sample_interior(lv, l, u, nullptr) : lv.sample(l, u, 4, nullptr);
@@ -135,7 +132,7 @@ void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64
   float* grad = a.grad + (b * n + v) * 4;
   float* t = target + b * n * 4;
   PairScatter<S> pairs(lv, t);
-  const int64_t ahead = 2 * e.stride[0];  // as in the forward
+  const int64_t ahead = prefetch_distance(e);
   for (int l = 0; l < S::L; ++l) {
     prefetch_voxel<0>(u, lv.off[l] + ahead);
     prefetch_voxel<1>(t, lv.off[l] + ahead);

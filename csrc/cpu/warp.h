@@ -20,8 +20,10 @@ void warp_forward_lanes(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t b, 
     coff[k] = L::corner_offset(e, k);
     mask[k] = s.corner_mask(k);
   }
+  const int64_t ahead = prefetch_distance(e);
   for (int64_t ch = 0; ch < C; ++ch) {
     const int64_t plane = (b * C + ch) * n;
+    s.template prefetch<0>(a.image + plane, coff, ahead);
     typename S::F vals[L::kCorners];
     s.gather(a.image + plane, coff, mask, vals);
     typename S::F y = s.interpolate(vals, nullptr);
@@ -49,13 +51,16 @@ void warp_backward_lanes(const WarpArgs<T>& a, const Extent<NDIM>& e, int64_t b,
   const Scatter<NDIM, S> scatter(q, target ? C : 0);
   F acc[NDIM];
   for (int k = 0; k < NDIM; ++k) acc[k] = S::set(E(0));
+  const int64_t ahead = prefetch_distance(e);
   for (int64_t c0 = 0; c0 < C; c0 += kScatterBlock) {
     const int block = scatter_block(C, c0);
     F g[kScatterBlock];
     for (int j = 0; j < block; ++j) {
       const int64_t plane = (b * C + c0 + j) * n;
       g[j] = S::load(a.grad + plane + v);
+      if (target) s.template prefetch<1>(target + plane, q.coff, ahead);
       if (want_ddf) {
+        s.template prefetch<0>(a.image + plane, q.coff, ahead);
         F vals[K], dv[NDIM];
         s.gather(a.image + plane, q.coff, q.mask, vals);
         s.interpolate(vals, dv);
