@@ -105,8 +105,8 @@ Cache& cache() {
   return *c;
 }
 
-// Clears a reused buffer on the OpenMP threads: one thread's memset of a
-// 134 MB workspace took about as long as the two threads' page faults.
+// Clears a reused buffer on the OpenMP threads, as the page faults of a
+// fresh one are shared among the threads that first touch its pages.
 void clear(void* start, size_t bytes) {
   char* p = static_cast<char*>(start);
   const int64_t chunks = static_cast<int64_t>((bytes + kHugePage - 1) / kHugePage);

@@ -4,8 +4,9 @@
 // 22 ms), a 2 MiB page about what clearing it takes (56 MB: 5 ms). Fresh
 // pages every call still cost: integrate(7) + warp forward+backward at
 // 128^3 maps about 350 MB, and right after other large frees (MONAI's ops
-// on the same inputs) the kernel compacted memory for the huge pages for
-// 250-350 ms of a 230 ms call. Freed mappings are therefore kept (the
+// on the same inputs) the kernel compacted memory for the huge pages: a
+// median of 230-350 ms of system time in a call that takes about 200 ms
+// without it (benchmarks/RESULTS.md). Freed mappings are therefore kept (the
 // cache) up to GEMINI_CPU_CACHE_MB megabytes (default 1024; 0 keeps none)
 // and handed out again to requests of about their size, cleared only where
 // the caller asks for zeros. gemini_ops.empty_cache() unmaps them.
