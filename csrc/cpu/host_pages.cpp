@@ -9,6 +9,7 @@
 #include <vector>
 
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -100,8 +101,19 @@ struct Cache {
   }
 };
 
+// A fork while another thread holds the lock (a tensor freed meanwhile)
+// would leave the child's copy locked for good: the lock is taken around
+// fork and released on both sides, as glibc does for malloc's.
+Cache* made = nullptr;
+void lock_cache() { made->mutex.lock(); }
+void unlock_cache() { made->mutex.unlock(); }
+
 Cache& cache() {
-  static Cache* c = new Cache();
+  static Cache* c = [] {
+    made = new Cache();
+    pthread_atfork(lock_cache, unlock_cache, unlock_cache);
+    return made;
+  }();
   return *c;
 }
 

@@ -239,3 +239,30 @@ def test_host_page_cache_limit():
     env["GEMINI_CPU_CACHE_MB"] = "lots"
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert got.returncode != 0 and "GEMINI_CPU_CACHE_MB" in got.stderr and "'lots'" in got.stderr
+
+
+def _child_fwd_bwd(path):
+    torch.set_num_threads(1)  # as DataLoader workers do
+    torch.save([_fwd_bwd("integrate"), gemini_ops.cached_bytes()], path)
+
+
+def test_host_pages_in_a_forked_child(tmp_path):
+    """A child forked after the parent filled its host-page cache (as
+    DataLoader workers are) computes on its copy of the used mappings and
+    gives the bits of a call on fresh pages; the parent's cache is its own."""
+    import multiprocessing
+
+    torch.set_num_threads(1)
+    gemini_ops.empty_cache()
+    want = _fwd_bwd("integrate")
+    _dirty_host_pages()
+    kept = gemini_ops.cached_bytes()
+    child = multiprocessing.get_context("fork").Process(target=_child_fwd_bwd, args=(tmp_path / "out.pt",))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    got, child_kept = torch.load(tmp_path / "out.pt")
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert child_kept > 0 and gemini_ops.cached_bytes() == kept
+    gemini_ops.empty_cache()
