@@ -7,7 +7,9 @@
 // kHalfTypes (dispatch half types too), kCpuScratch (the CPU GSS backward's
 // coefficient buffer), kNccBuffers (the two full-size buffers of the NCC
 // passes; the CPU kernels fuse the passes and need none),
-// kInterleavedLevels (the CPU squaring steps' layout, see Levels).
+// kInterleavedLevels (the CPU squaring steps' layout, see Levels),
+// kGssWritesMovingGrad (the GSS backward writes every value of the
+// moving-feature gradient itself: it may start uninitialised).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -458,7 +460,9 @@ struct Ops {
     typename Policy::Guard guard(fm_);
     const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
     const at::ScalarType acc = acc_dtype(fm.scalar_type());
-    at::Tensor gm = scale_moving != 0 ? Policy::zeros(fm.sizes(), fm.options().dtype(acc)) : empty_result(fm);
+    at::Tensor gm = scale_moving == 0                ? empty_result(fm)
+                    : Policy::kGssWritesMovingGrad ? Policy::empty(fm.sizes(), fm.options().dtype(acc))
+                                                   : Policy::zeros(fm.sizes(), fm.options().dtype(acc));
     at::Tensor gf = scale_fixed != 0 ? Policy::empty(ff.sizes(), ff.options()) : empty_result(ff);
     at::Tensor gd = scale_ddf != 0 ? Policy::empty(ddf.sizes(), ddf.options()) : empty_result(ddf);
     at::Tensor scratch;
@@ -627,6 +631,7 @@ struct HostPolicy {
   static void* stream(const at::Tensor&) { return nullptr; }
   static constexpr bool kHalfTypes = false;
   static constexpr bool kCpuScratch = true;
+  static constexpr bool kGssWritesMovingGrad = true;
   static constexpr bool kNccBuffers = false;
   static constexpr bool kInterleavedLevels = true;
 };
@@ -635,6 +640,7 @@ struct HostPolicy {
 // buffer; they run the NCC passes one by one, through the two buffers.
 struct EmulatedPolicy : HostPolicy {
   static constexpr bool kCpuScratch = false;
+  static constexpr bool kGssWritesMovingGrad = false;
   static constexpr bool kNccBuffers = true;
   static constexpr bool kInterleavedLevels = false;
 };

@@ -370,12 +370,19 @@ void gss_backward_rows(const GssArgs<T>& a, const Extent<NDIM>& e, G* out, int64
                       });
 }
 
+// grad_moving may start uninitialised (kGssWritesMovingGrad in ops_impl.h):
+// the channel-innermost path writes all of it by converting its own
+// gradient back; the scatters into it start from zeros.
 template <typename T>
 void gss_backward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     const int64_t batch = a.geo.batch, C = a.geo.channels, n = e.numel();
+    const auto zero_grad_moving = [&] {
+      if (a.grad_moving) parallel_for(batch * C * n, a.num_threads, [&](int64_t j) { a.grad_moving[j] = 0; });
+    };
     if (!fits_int32(e)) {
+      zero_grad_moving();
       gss_backward_voxels(a, e);
       return;
     }
@@ -392,6 +399,7 @@ void gss_backward(const GssArgs<T>& a) {
         return;
       }
     }
+    zero_grad_moving();
     gss_backward_rows(a, e, a.grad_moving, batch * C * n,
                       [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, T* into) {
                         gss_backward_lanes<NDIM, decltype(tag)>(a, e, b, c, v, x, into);

@@ -518,15 +518,15 @@ inline int64_t channels_padded(int64_t channels) {
   return (channels + L - 1) / L * L;
 }
 
-// out (batch, n, cp) = in (batch, C, n) with channels innermost; add: out
-// (batch, C, n) += in (batch, n, cp). Vectors of L voxels by L channels go
+// out (batch, n, cp) = in (batch, C, n) with channels innermost; kBack:
+// out (batch, C, n) = in (batch, n, cp). Vectors of L voxels by L channels go
 // through registers (S::transpose). out of the copy starts zero-filled
 // (ZeroBuffer): its padding channels stay zeros. A work item is a cache
 // line of voxels (kLine) of each plane, used up before the next block of
 // planes: planes whose size is a multiple of 128 KiB (64^3, 96^3, 128^3)
 // share the cache sets, and 8-voxel items (AVX2) read each line twice, the
 // second time after the other planes had evicted it.
-template <bool kAdd>
+template <bool kBack>
 void convert_channels(const float* in, float* out, int64_t batch, int64_t C, int64_t n, int num_threads) {
   using V = typename simd::Widest<float>::type;
   using F = typename V::F;
@@ -537,21 +537,18 @@ void convert_channels(const float* in, float* out, int64_t batch, int64_t C, int
       batch * chunks, num_threads,
       [&](int64_t i) {
         const int64_t b = i / chunks, first = (i - b * chunks) * kLine;
-        const float* planes = kAdd ? nullptr : in + b * C * n;
-        float* out_planes = kAdd ? out + b * C * n : nullptr;
-        const float* cl_in = kAdd ? in + b * n * cp : nullptr;
-        float* cl_out = kAdd ? nullptr : out + b * n * cp;
+        const float* planes = kBack ? nullptr : in + b * C * n;
+        float* out_planes = kBack ? out + b * C * n : nullptr;
+        const float* cl_in = kBack ? in + b * n * cp : nullptr;
+        float* cl_out = kBack ? nullptr : out + b * n * cp;
         const int64_t whole = first + kLine <= n ? first + kLine : first + (n - first) / L * L;
         for (int64_t c0 = 0; c0 < cp; c0 += L)
           for (int64_t v0 = first; v0 < whole; v0 += L) {
             F r[L];
-            if constexpr (kAdd) {
+            if constexpr (kBack) {
               for (int l = 0; l < L; ++l) r[l] = V::load(cl_in + (v0 + l) * cp + c0);
               V::transpose(r);
-              for (int j = 0; j < L && c0 + j < C; ++j) {
-                float* p = out_planes + (c0 + j) * n + v0;
-                V::store(p, V::load(p) + r[j]);
-              }
+              for (int j = 0; j < L && c0 + j < C; ++j) V::store(out_planes + (c0 + j) * n + v0, r[j]);
             } else {
               for (int j = 0; j < L; ++j) r[j] = c0 + j < C ? V::load(planes + (c0 + j) * n + v0) : V::set(0.f);
               V::transpose(r);
@@ -560,8 +557,8 @@ void convert_channels(const float* in, float* out, int64_t batch, int64_t C, int
           }
         for (int64_t v = whole; v < first + kLine && v < n; ++v)  // the last voxels, one at a time
           for (int64_t ch = 0; ch < C; ++ch) {
-            if constexpr (kAdd)
-              out_planes[ch * n + v] += cl_in[v * cp + ch];
+            if constexpr (kBack)
+              out_planes[ch * n + v] = cl_in[v * cp + ch];
             else
               cl_out[v * cp + ch] = planes[ch * n + v];
           }

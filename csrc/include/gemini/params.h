@@ -156,7 +156,7 @@ struct GssArgs {
   T* mask = nullptr;          // forward (B, 1, *S)
   const T* grad = nullptr;    // backward: d loss / d cos (B, 1, *S)
   double scale_moving = 1, scale_fixed = 1, scale_ddf = 1;
-  acc_t<T>* grad_moving = nullptr;  // accumulated (scatter), may be null
+  acc_t<T>* grad_moving = nullptr;  // may be null; zeroed on entry unless kGssWritesMovingGrad (ops_impl.h)
   T* grad_fixed = nullptr;          // written, may be null
   T* grad_ddf = nullptr;            // written, may be null
   acc_t<T>* scratch = nullptr;      // CPU backward: 3 values per voxel
