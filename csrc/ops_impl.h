@@ -187,10 +187,6 @@ struct Ops {
       if (interleaved) level_shape = {geo.batch, geo.size[0], geo.size[1], geo.size[2], 4};
     }
 
-    static std::vector<int64_t> counted(std::vector<int64_t> shape, int64_t count) {
-      if (count >= 0) shape.insert(shape.begin(), count);
-      return shape;
-    }
     // One level. Each level is a tensor of its own: on the host, a level's
     // pages then serve the next call's levels (gemini/host_pages.h).
     at::Tensor empty() const { return Policy::empty(level_shape, options); }
@@ -201,8 +197,11 @@ struct Ops {
     }
     // the first target of a backward: zeroed where interleaved (square_backward)
     at::Tensor backward_target() const { return interleaved ? Policy::zeros(level_shape, options) : empty(); }
-    at::Tensor empty_fields(int64_t count = -1) const {
-      return Policy::empty(counted(field_shape, count), options);
+    // count fields (count, B, ndim, *S): the saved ones
+    at::Tensor empty_fields(int64_t count) const {
+      std::vector<int64_t> shape = field_shape;
+      shape.insert(shape.begin(), count);
+      return Policy::empty(shape, options);
     }
 
     // level `into` = field (B, ndim, *S) times scale; returns into
@@ -231,7 +230,7 @@ struct Ops {
 
     // a new field (B, ndim, *S) of its own: level (a workspace's) times scale
     at::Tensor field_of(const at::Tensor& level, double scale = 1.0) const {
-      const at::Tensor f = empty_fields();
+      const at::Tensor f = Policy::empty(field_shape, options);
       store(level, f, scale);
       return f;
     }

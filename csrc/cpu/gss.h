@@ -379,7 +379,7 @@ void gss_backward(const GssArgs<T>& a) {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
     const int64_t batch = a.geo.batch, C = a.geo.channels, n = e.numel();
     const auto zero_grad_moving = [&] {
-      if (a.grad_moving) parallel_for(batch * C * n, a.num_threads, [&](int64_t j) { a.grad_moving[j] = 0; });
+      if (a.grad_moving) zero_fill(a.grad_moving, batch * C * n, a.num_threads);
     };
     if (!fits_int32(e)) {
       zero_grad_moving();

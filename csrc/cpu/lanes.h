@@ -18,7 +18,6 @@
 // buffers.
 #pragma once
 
-
 #include <cmath>
 
 #include "gemini/voxel_ops.h"
@@ -73,6 +72,9 @@ template <int NDIM, class S>
     return S::fma(fy, dy, a0);
   }
 }
+
+// Floats per cache line (64 bytes on the x86 cores this targets).
+constexpr int64_t kLineFloats = 64 / sizeof(float);
 
 // Asks for the cache line of element i of base, to be read (kWrite 0) or
 // written (1). i may lie outside the array: the address is formed as an
@@ -478,7 +480,7 @@ struct LaneVoxels {
   // all four measured no better: GSS at 64^3 and 96^3, one thread).
   template <int kWrite>
   [[gnu::always_inline]] void prefetch(int l, const float* base, int64_t cp, int64_t ahead) const {
-    for (int64_t j = 0; j < 2 * cp; j += 16) prefetch_at<kWrite>(base, (off[l] + ahead) * cp + j);
+    for (int64_t j = 0; j < 2 * cp; j += kLineFloats) prefetch_at<kWrite>(base, (off[l] + ahead) * cp + j);
   }
 
   // the lanes whose corners are all inside: bit l
@@ -531,7 +533,7 @@ void convert_channels(const float* in, float* out, int64_t batch, int64_t C, int
   using V = typename simd::Widest<float>::type;
   using F = typename V::F;
   constexpr int L = V::L;
-  constexpr int64_t kLine = 64 / sizeof(float) > L ? 64 / sizeof(float) : L;
+  constexpr int64_t kLine = kLineFloats > L ? kLineFloats : L;
   const int64_t cp = channels_padded(C), chunks = (n + kLine - 1) / kLine;
   parallel_for(
       batch * chunks, num_threads,

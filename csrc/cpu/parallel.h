@@ -87,6 +87,12 @@ void for_voxels(int64_t batch, const Extent<NDIM>& e, int num_threads, F&& f) {
              [&](int64_t i0, int64_t i1, int) { for_voxel_range(e, i0, i1, f); });
 }
 
+// p[0, count) = 0 on up to num_threads threads.
+template <typename G>
+void zero_fill(G* p, int64_t count, int num_threads) {
+  parallel_for(count, num_threads, [&](int64_t j) { p[j] = G(0); });
+}
+
 // Whether scatter_without_atomics gives threads disjoint channels (else each
 // thread owns a buffer of its own).
 inline bool partitions_channels(int64_t channels, int nt) {
@@ -94,8 +100,9 @@ inline bool partitions_channels(int64_t channels, int nt) {
 }
 
 // A kernel's own zero-filled buffer (gemini/host_pages.h; small ones from
-// calloc). Fresh pages: each thread faults in only the pages it touches, in
-// parallel, instead of one thread zero-filling them all first.
+// calloc). Fresh pages fault in on the threads that touch them, in parallel,
+// instead of one thread zero-filling them all first; reused ones are
+// cleared on the OpenMP threads.
 template <typename G>
 class ZeroBuffer {
  public:

@@ -90,7 +90,7 @@ void warp_backward_voxels(const WarpArgs<T>& a, const Extent<NDIM>& e) {
   if (a.grad_image && a.grad_ddf && a.mode != kNearest && !partitions_channels(C, nt)) {
     // threads own whole voxels: one pass for both gradients
     const bool alias = static_cast<void*>(a.grad_ddf) == static_cast<void*>(a.grad_image);
-    if (alias) parallel_for(items * C, a.num_threads, [&](int64_t j) { a.grad_image[j] = A(0); });
+    if (alias) zero_fill(a.grad_image, items * C, a.num_threads);
     scatter_without_atomics(a.grad_image, items * C, items, C, a.num_threads,
                             [&](int64_t i0, int64_t i1, int64_t, int64_t, A* target) {
                               for_voxel_range(e, i0, i1, [&](const Voxel<NDIM>& x) {
@@ -116,7 +116,7 @@ void warp_backward_rows(const WarpArgs<T>& a, const Extent<NDIM>& e) {
   const int nt = threads_for(items, a.num_threads);
   T* target = a.grad_image;  // float and double accumulate in themselves
   const bool alias = target && static_cast<void*>(a.grad_ddf) == static_cast<void*>(target);
-  if (alias) parallel_for(items * C, nt, [&](int64_t j) { target[j] = T(0); });
+  if (alias) zero_fill(target, items * C, nt);
   auto run_rows = [&](int64_t r0, int64_t r1, T* into) {
     for (int64_t r = r0; r < r1; ++r)
       for_row<NDIM, T>(e, r, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
