@@ -509,34 +509,54 @@ struct Ops {
     return n;
   }
 
-  static at::Tensor ncc_buffer(const at::Tensor& a) {
-    return Policy::empty({Policy::kNccBuffers ? 5 * a.numel() : 0}, a.options().dtype(acc_dtype(a.scalar_type())));
+  static at::Tensor ncc_buffer(const at::Tensor& a, bool needed = true) {
+    return Policy::empty({Policy::kNccBuffers && needed ? 5 * a.numel() : 0},
+                         a.options().dtype(acc_dtype(a.scalar_type())));
   }
 
-  static at::Tensor local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window, bool squared, double eps) {
+  static std::vector<int64_t> sums_shape(const at::Tensor& a) {
+    std::vector<int64_t> shape{5};
+    for (int64_t s : a.sizes()) shape.push_back(s);
+    return shape;
+  }
+
+  // The value, and the box sums for the backward if keep_sums (else empty).
+  static std::tuple<at::Tensor, at::Tensor> local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window,
+                                                      bool squared, double eps, bool keep_sums) {
     check_ncc(a_, b_, window);
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous();
+    const auto acc = a.options().dtype(acc_dtype(a.scalar_type()));
     at::Tensor out = Policy::empty(a.sizes(), a.options());
-    const at::Tensor buf0 = ncc_buffer(a), buf1 = ncc_buffer(a);
+    at::Tensor sums = keep_sums ? Policy::empty(sums_shape(a), acc) : at::empty({0}, acc);
+    const at::Tensor buf0 = ncc_buffer(a, !keep_sums), buf1 = ncc_buffer(a);
     dispatch(a.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
       n.out = mptr<K>(out);
+      n.kept_sums = keep_sums ? mptr<acc_t<K>>(sums) : nullptr;
       Backend::ncc_forward(n, Policy::stream(a));
     });
-    return out;
+    return {out, sums};
   }
 
   static std::tuple<at::Tensor, at::Tensor> local_ncc_backward(const at::Tensor& grad_, const at::Tensor& a_,
-                                                               const at::Tensor& b_, int64_t window, bool squared,
-                                                               double eps, bool a_grad, bool b_grad) {
+                                                               const at::Tensor& b_, const at::Tensor& sums_,
+                                                               int64_t window, bool squared, double eps, bool a_grad,
+                                                               bool b_grad) {
     check_ncc(a_, b_, window);
     check_like(grad_, "grad", a_, "a");
     TORCH_CHECK_VALUE(grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(), ", got ",
-                grad_.sizes());
+                      grad_.sizes());
+    const at::ScalarType acc = acc_dtype(a_.scalar_type());
+    TORCH_CHECK_VALUE(sums_.sizes() == at::IntArrayRef(sums_shape(a_)),
+                      "gemini: sums must be the forward's box sums, (5, *a.shape) = ", at::IntArrayRef(sums_shape(a_)),
+                      ", got ", sums_.sizes());
+    TORCH_CHECK_TYPE(sums_.scalar_type() == acc, "gemini: sums must have dtype ", acc, ", got ", sums_.scalar_type());
+    TORCH_CHECK_VALUE(sums_.device() == a_.device(), "gemini: sums is on ", sums_.device(), " but a is on ",
+                      a_.device());
     typename Policy::Guard guard(a_);
-    const at::Tensor a = a_.contiguous(), b = b_.contiguous(), grad = grad_.contiguous();
+    const at::Tensor a = a_.contiguous(), b = b_.contiguous(), grad = grad_.contiguous(), sums = sums_.contiguous();
     at::Tensor ga = a_grad ? Policy::empty(a.sizes(), a.options()) : empty_result(a);
     at::Tensor gb = b_grad ? Policy::empty(b.sizes(), b.options()) : empty_result(b);
     if (!(a_grad || b_grad)) return {ga, gb};
@@ -544,6 +564,7 @@ struct Ops {
     dispatch(a.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
+      n.sums = cptr<acc_t<K>>(sums);
       n.grad = cptr<K>(grad);
       n.grad_a = mptr<K>(ga);
       n.grad_b = mptr<K>(gb);

@@ -71,6 +71,11 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,))
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' accumulation type: float for the half types."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _register(ns: str) -> None:
     ops = getattr(torch.ops, ns)
     lib = f"{ns}::"
@@ -92,9 +97,10 @@ def _register(ns: str) -> None:
 
     @torch.library.register_fake(lib + "integrate_velocity_with_fields")
     def _(velocity, num_steps, every, padding_mode):
-        work = torch.float32 if velocity.dtype in (torch.float16, torch.bfloat16) else velocity.dtype
         kept = max(num_steps - 1, 0) // max(every, 1)
-        return velocity.new_empty(velocity.shape), velocity.new_empty((kept, *velocity.shape), dtype=work)
+        return velocity.new_empty(velocity.shape), velocity.new_empty(
+            (kept, *velocity.shape), dtype=_acc_dtype(velocity.dtype)
+        )
 
     @torch.library.register_fake(lib + "integrate_velocity_backward")
     def _(grad, velocity, fields, num_steps, every, padding_mode):
@@ -114,11 +120,12 @@ def _register(ns: str) -> None:
         )
 
     @torch.library.register_fake(lib + "local_ncc")
-    def _(a, b, window, squared, eps):
-        return a.new_empty(a.shape)
+    def _(a, b, window, squared, eps, keep_sums):
+        sums = (5, *a.shape) if keep_sums else (0,)
+        return a.new_empty(a.shape), a.new_empty(sums, dtype=_acc_dtype(a.dtype))
 
     @torch.library.register_fake(lib + "local_ncc_backward")
-    def _(grad, a, b, window, squared, eps, a_grad, b_grad):
+    def _(grad, a, b, sums, window, squared, eps, a_grad, b_grad):
         return (a.new_empty(a.shape) if a_grad else _empty(a), b.new_empty(b.shape) if b_grad else _empty(b))
 
     # ---- autograd: each forward op's backward is another op of the same namespace ------
@@ -141,6 +148,9 @@ def _register(ns: str) -> None:
 
     # integrate_velocity's backward recomputes the fields; the forward of
     # integrate_velocity_with_fields returns checkpoints for its backward.
+    # Outputs kept for a backward get no gradient: set_materialize_grads(False)
+    # spares autograd a zero fill of their size in every backward (5 MB per
+    # call for the NCC's sums at 64^3).
     def integrate_setup(ctx, inputs, output):
         velocity, num_steps, padding_mode = inputs
         ctx.save_for_backward(velocity, _empty(velocity))
@@ -149,10 +159,13 @@ def _register(ns: str) -> None:
     def integrate_with_fields_setup(ctx, inputs, output):
         velocity, num_steps, every, padding_mode = inputs
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(velocity, output[1])
         ctx.num_steps, ctx.every, ctx.padding_mode = num_steps, every, padding_mode
 
     def integrate_bwd(ctx, grad, *_fields_grad):
+        if grad is None:
+            return (None,) * len(ctx.needs_input_grad)
         velocity, fields = ctx.saved_tensors
         grad_v = ops.integrate_velocity_backward(
             grad.contiguous(), velocity, fields, ctx.num_steps, ctx.every, ctx.padding_mode
@@ -186,18 +199,24 @@ def _register(ns: str) -> None:
 
     torch.library.register_autograd(lib + "gss", gss_bwd, setup_context=gss_setup)
 
+    # The backward reads the box sums that a forward with keep_sums returned;
+    # after one without (a direct call of the op), it sums them again.
     def ncc_setup(ctx, inputs, output):
-        a, b, window, squared, eps = inputs
-        ctx.save_for_backward(a, b)
+        a, b, window, squared, eps, keep_sums = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(a, b, output[1])
         ctx.args = (window, squared, eps)
 
-    def ncc_bwd(ctx, grad):
-        a, b = ctx.saved_tensors
+    def ncc_bwd(ctx, grad, _sums_grad):
+        a, b, sums = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        if not (need_a or need_b):
-            return None, None, None, None, None
-        ga, gb = ops.local_ncc_backward(grad.contiguous(), a, b, *ctx.args, need_a, need_b)
-        return (ga if need_a else None), (gb if need_b else None), None, None, None
+        if grad is None or not (need_a or need_b):
+            return None, None, None, None, None, None
+        if sums.numel() == 0:
+            sums = ops.local_ncc(a, b, *ctx.args, True)[1]
+        ga, gb = ops.local_ncc_backward(grad.contiguous(), a, b, sums, *ctx.args, need_a, need_b)
+        return (ga if need_a else None), (gb if need_b else None), None, None, None, None
 
     torch.library.register_autograd(lib + "local_ncc", ncc_bwd, setup_context=ncc_setup)
 

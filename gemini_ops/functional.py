@@ -376,7 +376,8 @@ def local_ncc(
             kernel_type=kernel_type,
         )
     else:
-        cc = ops.local_ncc(a, b, window, bool(squared), float(eps))
+        keep_sums = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+        cc = ops.local_ncc(a, b, window, bool(squared), float(eps), keep_sums)[0]
     if reduction == "none":
         return _restore(cc, out_dtype)
     return _restore(masked_mean(cc, mask), out_dtype)

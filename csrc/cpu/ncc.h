@@ -1,20 +1,25 @@
-// CPU local NCC: the box passes of gemini/ncc_plan.h (x, then y, then z,
-// each summed in double and rounded to the accumulation type between
-// passes), fused so that no full-size intermediate exists.
+// CPU local NCC: the box passes of gemini/ncc_plan.h (x, then y, then z),
+// fused so that no full-size intermediate exists.
 //
 // A work item is one volume's columns [x0, x1) (a tile) and planes [z0, z1)
-// (a slab). It also pushes the r planes either side of its slab (the
-// backward's first stage 2r), so that the z sums of its planes are complete
-// without the neighbouring items. Plane by plane, the x pass (box_x5) and
-// the y pass (a running sum) run on a plane buffer, and each row they emit
-// goes straight into the z pass: a running z sum per voxel and a ring of the
-// last `window` xy-summed planes, whose oldest plane is subtracted as the
-// newest replaces it. The sums of plane z - r are then complete and are
-// consumed at once (the value, or the gradient of the sums). The backward
-// runs a second such pipeline on those gradients, r planes behind the
-// first. The y and z passes add in box_line's order; the x pass sums each
-// window afresh, so its double sums differ from box_line's by double
-// rounding only.
+// (a slab). It also pushes the r planes either side of its slab, so that
+// the z sums of its planes are complete without the neighbouring items.
+// Plane by plane, the x pass (box_x5) and the y pass (a running sum) run on
+// a plane buffer, and each row they emit goes straight into the z pass: a
+// running z sum per voxel and a ring of the last `window` xy-summed planes,
+// whose oldest plane is subtracted as the newest replaces it. The sums of
+// plane z - r are then complete and are consumed at once (the value, and
+// the sums kept for the backward). The backward runs one such pipeline on the gradients of the sums,
+// which it computes from the sums the forward kept as it fills each row
+// (with the r columns either side of the tile).
+//
+// The y and z passes are running sums in double, rounded to the
+// accumulation type A after each pass, in box_line's order. The x pass sums
+// each window afresh (no running error), in A: with float, its sums of a
+// window of 9 are within a few float roundings of box_line's double sums,
+// against one; at 64^3 and window 9 it took 0.1-0.15 ms less of a 1.6-2 ms
+// forward and backward, and the error against the float64 reference was
+// unchanged (dominated by the rounding of the sums to float between passes).
 #pragma once
 
 #include <algorithm>
@@ -29,26 +34,26 @@ GEMINI_ISA_BEGIN
 namespace cpu {
 
 // Thinnest slab, in windows: a slab pushes r planes on each side that it
-// does not emit (2r in the backward's first stage).
+// does not emit.
 constexpr int64_t kMinSlabWindows = 2;
 
 // Tiles narrower than this spend too much on short row loops and on the
-// 2r columns read beyond the tile (in the backward, summed twice): at 64^3
-// and window 9, two 32-column tiles on two shared cores took longer than
-// one thread on the whole volume.
+// 2r columns read beyond the tile: at 64^3 and window 9, two 32-column
+// tiles on two shared cores took longer than one thread on the whole
+// volume (when the backward still summed the products again).
 constexpr int64_t kMinTile = 48;
 
 // Box sums along x of the five quantities of one row, for the columns
 // [c0, c1). fill(j0, j1, q, stride) writes quantity f of column j in
 // [j0, j1) (within [0, nx)) to q[f * stride + j - j0]; the sum of field f at
 // column i lands at out[f * (c1 - c0) + i - c0]. A running sum along x is
-// one serial chain of additions per row; instead each window is summed in
-// double from sums of 1, 2, 4, ... neighbours (log2(window) passes over the
-// row), loops that vectorise along x. Each pass runs over all five fields
-// before the next reads them unaligned: a load that straddles stores still
-// in flight stalls. q: 10 * (c1 - c0) + 10 * r doubles.
+// one serial chain of additions per row; instead each window is summed
+// from sums of 1, 2, 4, ... neighbours (log2(window) passes over the row),
+// loops that vectorise along x. Each pass runs over all five fields before
+// the next reads them unaligned: a load that straddles stores still in
+// flight stalls. q: 10 * (c1 - c0) + 10 * r values.
 template <typename A, typename Fill>
-inline void box_x5(const Fill& fill, int64_t nx, int64_t c0, int64_t c1, int64_t r, A* out, double* q) {
+inline void box_x5(const Fill& fill, int64_t nx, int64_t c0, int64_t c1, int64_t r, A* out, A* q) {
   const int64_t width = c1 - c0, len = width + 2 * r, lo = c0 - r, w = 2 * r + 1;
   const int64_t k0 = lo < 0 ? -lo : 0, k1 = nx - lo < len ? nx - lo : len;
   fill(lo + k0, lo + k1, q + k0, len);
@@ -57,12 +62,12 @@ inline void box_x5(const Fill& fill, int64_t nx, int64_t c0, int64_t c1, int64_t
     for (int64_t k = k1; k < len; ++k) q[f * len + k] = 0;
   }
   // p[k] holds the sum of `span` columns from lo + k; the window is the spans of w's bits
-  double* res = q + 5 * len;
+  A* res = q + 5 * len;
   int64_t offset = 0;
   for (int64_t span = 1; span <= w; span *= 2) {
     for (int f = 0; f < 5; ++f) {
-      double* p = q + f * len;
-      double* s = res + f * width;
+      A* p = q + f * len;
+      A* s = res + f * width;
       if ((w & span) && offset == 0)
 #pragma omp simd
         for (int64_t i = 0; i < width; ++i) s[i] = p[i];
@@ -76,7 +81,7 @@ inline void box_x5(const Fill& fill, int64_t nx, int64_t c0, int64_t c1, int64_t
     if (w & span) offset += span;
   }
 #pragma omp simd
-  for (int64_t i = 0; i < 5 * width; ++i) out[i] = static_cast<A>(res[i]);
+  for (int64_t i = 0; i < 5 * width; ++i) out[i] = res[i];
 }
 
 // One stage of box sums over the planes of a tile of `width` columns and ny
@@ -85,7 +90,7 @@ template <typename A>
 struct BoxStage {
   int64_t width, ny, nx, nz, r, c0, c1;
   A* xsum;       // one plane, summed along x
-  double* line;  // box_x5's row
+  A* line;  // box_x5's row
   double* ysum;  // one row, the y running sums
   A* ring;       // min(window, nz) planes summed along x and y, plane z in slot z % window
   double* zsum;  // one plane, the z running sums
@@ -113,7 +118,7 @@ struct BoxStage {
   void push(int64_t z, const Fill& fill, Emit&& emit) {
     const int64_t n = row(), w = 2 * r + 1;
     for (int64_t y = 0; y < ny; ++y)
-      box_x5<A>([&](int64_t j0, int64_t j1, double* q, int64_t stride) { fill(y, j0, j1, q, stride); }, nx, c0,
+      box_x5<A>([&](int64_t j0, int64_t j1, A* q, int64_t stride) { fill(y, j0, j1, q, stride); }, nx, c0,
                 c1, r, xsum + y * n, line);
     if (z == first)
       for (int64_t k = 0; k < plane(); ++k) zsum[k] = 0;
@@ -172,7 +177,7 @@ template <int NDIM, typename T>
 struct CpuNcc {
   using A = acc_t<T>;
   const NccArgs<T>& a;
-  int64_t vols, nz, ny, nx, r, tiles, tile, slabs, slab;
+  int64_t vols, nz, ny, nx, fs, r, tiles, tile, slabs, slab;
   int nt;  // threads
   A n, eps;
 
@@ -182,6 +187,7 @@ struct CpuNcc {
     nz = NDIM == 3 ? g.e.size[0] : 1;
     ny = g.e.size[NDIM - 2];
     nx = g.e.size[NDIM - 1];
+    fs = g.fs;
     r = g.r;
     n = g.n;
     eps = g.eps;
@@ -227,7 +233,7 @@ struct CpuNcc {
   BoxStage<A> stage(int64_t c0, int64_t c1, char* ws, size_t& used) const {
     BoxStage<A> s{c1 - c0, ny, nx, nz, r, c0, c1, nullptr, nullptr, nullptr, nullptr, nullptr};
     s.xsum = take<A>(ws, used, s.plane());
-    s.line = take<double>(ws, used, 10 * s.width + 10 * r);
+    s.line = take<A>(ws, used, 10 * s.width + 10 * r);
     s.ysum = take<double>(ws, used, s.row());
     s.ring = take<A>(ws, used, (nz < 2 * r + 1 ? nz : 2 * r + 1) * s.plane());
     s.zsum = take<double>(ws, used, s.plane());
@@ -254,12 +260,12 @@ struct CpuNcc {
     const T* pa = a.a + at(v, z, 0);
     const T* pb = a.b + at(v, z, 0);
     const int64_t row = nx;
-    return [pa, pb, row](int64_t y, int64_t j0, int64_t j1, double* q, int64_t stride) {
+    return [pa, pb, row](int64_t y, int64_t j0, int64_t j1, A* q, int64_t stride) {
       const T* ra = pa + y * row + j0;
       const T* rb = pb + y * row + j0;
 #pragma omp simd
       for (int64_t j = 0; j < j1 - j0; ++j) {
-        const double x = static_cast<double>(load<A>(ra[j])), u = static_cast<double>(load<A>(rb[j]));
+        const A x = load<A>(ra[j]), u = load<A>(rb[j]);
         q[j] = x;
         q[stride + j] = u;
         q[2 * stride + j] = x * x;
@@ -285,36 +291,43 @@ struct CpuNcc {
       s.run(z0, z1, [&](int64_t z) { return products(v, z); },
             [&](int64_t k, int64_t y) {
               const double* sums = s.sums(y);
-              T* out = a.out + at(v, k, y) + x0;
+              const int64_t o = at(v, k, y) + x0;
+              T* out = a.out + o;
 #pragma omp simd
               for (int64_t i = 0; i < s.width; ++i)
                 out[i] = store<T>(ncc_value(load_sums(sums, s.width, i), n, kSquared, eps));
+              if (a.kept_sums)
+#pragma omp simd
+                for (int64_t i = 0; i < s.width; ++i) ncc_store(load_sums(sums, s.width, i), a.kept_sums + o, fs, i);
             });
     });
   }
 
-  // The sums' gradients need their box sums over the tile and r columns
-  // either side, so the first stage covers that halo; the second stage
-  // pushes r planes either side of the slab, which the first emits.
+  // One stage over the gradients of the sums, which each row's fill
+  // computes from the kept sums (a.sums), for the tile and r columns either
+  // side (within the volume).
   template <bool kSquared>
   void backward() const {
-    const int64_t halo = tile + 2 * r < nx ? tile + 2 * r : nx;
     size_t per_thread = 0;
-    take<A>(nullptr, per_thread, stage(0, halo, nullptr, per_thread).plane());
     stage(0, tile, nullptr, per_thread);
     for_items(per_thread, [&](int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
-      const int64_t h0 = x0 - r > 0 ? x0 - r : 0, h1 = x1 + r < nx ? x1 + r : nx;
       size_t used = 0;
-      BoxStage<A> sums = stage(h0, h1, ws, used);
-      A* dsums = take<A>(ws, used, sums.plane());  // d loss / d sums of one plane
       BoxStage<A> grads = stage(x0, x1, ws, used);
-      const int64_t hw = sums.width;
-      auto dsums_row = [&](int64_t y, int64_t j0, int64_t j1, double* q, int64_t stride) {
-        for (int f = 0; f < 5; ++f) {
-          const A* d = dsums + y * sums.row() + f * hw + j0 - h0;
+      auto sum_grads = [&](int64_t z) {
+        return [&, z](int64_t y, int64_t j0, int64_t j1, A* q, int64_t stride) {
+          const int64_t o = at(v, z, y) + j0;
+          const A* s = a.sums + o;
+          const T* g = a.grad + o;
 #pragma omp simd
-          for (int64_t j = 0; j < j1 - j0; ++j) q[f * stride + j] = static_cast<double>(d[j]);
-        }
+          for (int64_t j = 0; j < j1 - j0; ++j) {
+            const NccSums<A> d = ncc_sum_grads(ncc_load(s, fs, j), n, kSquared, eps, load<A>(g[j]));
+            q[j] = d.a;
+            q[stride + j] = d.b;
+            q[2 * stride + j] = d.aa;
+            q[3 * stride + j] = d.bb;
+            q[4 * stride + j] = d.ab;
+          }
+        };
       };
       auto input_grads = [&](int64_t k, int64_t y) {
         const double* bs = grads.sums(y);
@@ -333,19 +346,7 @@ struct CpuNcc {
             a.grad_b[o + i] = store<T>(A(bs[w + i]) + A(2) * u * A(bs[3 * w + i]) + x * A(bs[4 * w + i]));
           }
       };
-      // dsums of plane k is complete after its last row: push it to the second stage
-      auto sum_grads = [&](int64_t k, int64_t y) {
-        const double* s = sums.sums(y);
-        const T* grad = a.grad + at(v, k, y) + h0;
-        A* d = dsums + y * sums.row();
-#pragma omp simd
-        for (int64_t i = 0; i < hw; ++i)
-          ncc_store(ncc_sum_grads(load_sums(s, hw, i), n, kSquared, eps, load<A>(grad[i])), d, hw, i);
-        if (y == ny - 1) grads.push(k, dsums_row, [&](int64_t yy) { input_grads(k - r, yy); });
-      };
-      grads.start(z0, z1);
-      sums.run(grads.first, grads.last, [&](int64_t z) { return products(v, z); }, sum_grads);
-      grads.finish(input_grads);
+      grads.run(z0, z1, sum_grads, input_grads);
     });
   }
 };

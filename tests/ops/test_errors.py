@@ -399,16 +399,39 @@ RAW = [
     ),
     (
         "local_ncc",
-        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 5, 6), 4, True, 1e-5),
+        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 5, 6), 4, True, 1e-5, False),
         ValueError,
         r"window must be an odd",
     ),
-    ("local_ncc", lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 6, 6), 3, True, 1e-5), ValueError, r"same shape"),
+    (
+        "local_ncc",
+        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 6, 6), 3, True, 1e-5, True),
+        ValueError,
+        r"same shape",
+    ),
     (
         "local_ncc_backward",
-        lambda ns: ns.local_ncc_backward(f64(1, 2, 5, 5), f64(1, 2, 5, 6), f64(1, 2, 5, 6), 3, True, 1e-5, True, True),
+        lambda ns: ns.local_ncc_backward(
+            f64(1, 2, 5, 5), f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(5, 1, 2, 5, 6), 3, True, 1e-5, True, True
+        ),
         ValueError,
         r"grad must have the shape of a",
+    ),
+    (
+        "local_ncc_backward",
+        lambda ns: ns.local_ncc_backward(
+            f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(0), 3, True, 1e-5, True, True
+        ),
+        ValueError,
+        r"sums must be the forward's box sums, \(5, \*a.shape\)",
+    ),
+    (
+        "local_ncc_backward",
+        lambda ns: ns.local_ncc_backward(
+            f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(5, 1, 2, 5, 6).float(), 3, True, 1e-5, True, True
+        ),
+        TypeError,
+        r"sums must have dtype",
     ),
 ]
 

@@ -295,3 +295,66 @@ def test_gradient_to_one_input_only(backend):
     gd = grads(gemini_ops.gss_similarity(fm, ff, d3 := leaf(ddf), backend=backend), (d3,), 9)[0]
     gref = grads(gemini_ops.gss_similarity(fm, ff, d4 := leaf(ddf), backend="reference"), (d4,), 9)[0]
     assert_rel_close(gd, gref, torch.float64, what="gss ddf only")
+
+
+def _box_sums(a: torch.Tensor, b: torch.Tensor, window: int) -> torch.Tensor:
+    """Box sums of a, b, aa, bb, ab with zero padding, (5, *a.shape), by
+    torch's average pooling in float64 (independent of our box passes)."""
+    pool = {4: torch.nn.functional.avg_pool2d, 5: torch.nn.functional.avg_pool3d}[a.dim()]
+    n = window ** (a.dim() - 2)
+    fields = [a, b, a * a, b * b, a * b]
+    return torch.stack([pool(f.double(), window, 1, window // 2, count_include_pad=True) * n for f in fields])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("ns", ["gemini", "gemini_emulated"])
+def test_local_ncc_kept_sums(ns, dtype, ndim):
+    """The forward keeps the box sums that the backward reads: they equal an
+    independent computation, are empty unless asked for, are left unchanged
+    by the backward (a second backward of the same graph gives the same
+    gradients), and a forward that kept none (a direct call of the op) gets
+    the same gradients through autograd."""
+    ops = getattr(torch.ops, ns)
+    spatial = (11, 13) if ndim == 2 else (7, 9, 12)
+    a, b = randn((2, 1, *spatial), dtype, 31), randn((2, 1, *spatial), dtype, 32)
+    out, sums = ops.local_ncc(a, b, 5, True, 1e-5, True)
+    assert sums.shape == (5, *a.shape) and sums.dtype == dtype
+    expected = _box_sums(a, b, 5)
+    assert_rel_close(sums, expected, dtype, what="kept sums")
+    assert ops.local_ncc(a, b, 5, True, 1e-5, False)[1].numel() == 0
+    assert torch.equal(ops.local_ncc(a, b, 5, True, 1e-5, False)[0], out)
+    kept_before = sums.clone()
+    w = randn(a.shape, dtype, 33)
+    la, lb = leaf(a), leaf(b)
+    cc = ops.local_ncc(la, lb, 5, True, 1e-5, True)[0]
+    first = torch.autograd.grad((cc * w).sum(), (la, lb), retain_graph=True)
+    second = torch.autograd.grad((cc * w).sum(), (la, lb))
+    for g1, g2 in zip(first, second):
+        assert torch.equal(g1, g2)
+    direct = ops.local_ncc_backward(w, a, b, sums, 5, True, 1e-5, True, True)
+    assert torch.equal(sums, kept_before)
+    la, lb = leaf(a), leaf(b)
+    unkept = torch.autograd.grad((ops.local_ncc(la, lb, 5, True, 1e-5, False)[0] * w).sum(), (la, lb))
+    for g1, g2, g3 in zip(first, unkept, direct):
+        assert torch.equal(g1, g2) and torch.equal(g1, g3)
+    ra, rb = leaf(a), leaf(b)
+    ref = torch.autograd.grad((reference.local_ncc_map(ra, rb, 5) * w).sum(), (ra, rb))
+    for g, r in zip(first, ref):
+        assert_rel_close(g, r, dtype, what="gradient from kept sums")
+
+
+def test_outputs_kept_for_the_backward_get_no_zero_gradient():
+    """Autograd fills no zero gradient for the NCC's kept sums or the
+    integration's checkpoints (set_materialize_grads(False)): a backward
+    without it filled 5 MB per NCC call at 64^3."""
+    a, b = leaf(randn((1, 1, 6, 7, 8), torch.float32, 34)), leaf(randn((1, 1, 6, 7, 8), torch.float32, 35))
+    v = leaf(random_ddf(1, 3, (6, 7, 8), torch.float32, 36, 1.0))
+    loss = gemini_ops.local_ncc(a, b, 3) + gemini_ops.integrate_velocity(v, 5).square().mean()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        loss.backward()
+    kept_shapes = ([5, 1, 1, 6, 7, 8],) + tuple([k, 1, 3, 6, 7, 8] for k in range(1, 5))
+    for e in prof.events():
+        if e.name in ("aten::fill_", "aten::zero_", "aten::zeros", "aten::zeros_like"):
+            assert not any(list(s) in kept_shapes for s in e.input_shapes), (e.name, e.input_shapes)
+    assert a.grad is not None and v.grad is not None

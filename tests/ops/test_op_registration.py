@@ -38,7 +38,8 @@ def _opcheck_cases(ns):
         ("integrate_velocity", ops.integrate_velocity.default, (v, 3, "border")),
         ("integrate_velocity_with_fields", ops.integrate_velocity_with_fields.default, (v, 5, 2, "zeros")),
         ("gss", ops.gss.default, (x, y, d, 1e-8, 0.1, 0.1, 1.0)),
-        ("local_ncc", ops.local_ncc.default, (x, y, 5, True, 1e-5)),
+        ("local_ncc", ops.local_ncc.default, (x, y, 5, True, 1e-5, False)),
+        ("local_ncc-keep_sums", ops.local_ncc.default, (x, y, 5, True, 1e-5, True)),
         ("warp_backward", ops.warp_backward.default, (g, x.detach(), d.detach(), "bilinear", "zeros", True, True)),
         (
             "integrate_velocity_backward",
@@ -54,7 +55,8 @@ def _opcheck_cases(ns):
         (
             "local_ncc_backward",
             ops.local_ncc_backward.default,
-            (g, x.detach(), y.detach(), 3, False, 1e-5, True, False),
+            (g, x.detach(), y.detach(), ops.local_ncc(x.detach(), y.detach(), 3, False, 1e-5, True)[1], 3, False, 1e-5)
+            + (True, False),
         ),
     ]
 
@@ -168,13 +170,13 @@ def test_raw_ops_do_no_casting_under_autocast():
     image, ddf, velocity, other = (t.float() for t in _inputs(seed=40))
     plain = (
         torch.ops.gemini.warp(image, ddf, "bilinear", "zeros"),
-        torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5),
+        torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5, True)[0],
         torch.ops.gemini.integrate_velocity(velocity, 3, "zeros"),
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = (
             torch.ops.gemini.warp(image, ddf, "bilinear", "zeros"),
-            torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5),
+            torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5, True)[0],
             torch.ops.gemini.integrate_velocity(velocity, 3, "zeros"),
         )
     for a, b in zip(auto, plain):

@@ -5,8 +5,9 @@
 //   value(sums, out)            per voxel cc
 //   sum_grads(sums, grad, out)  per voxel d loss / d sums
 //   input_grads(bsums)          per voxel d loss / d a, d b
-// Box sums of the five fields live in two scratch buffers used in turn.
-// The CPU kernels (csrc/cpu/ncc.h) run the same passes fused, without them.
+// Box sums of the five fields live in two scratch buffers used in turn (the
+// forward's last pass may write the kept sums instead). The CPU kernels
+// (csrc/cpu/ncc.h) run the same passes fused, without the scratch buffers.
 #pragma once
 
 #include <utility>
@@ -39,29 +40,28 @@ struct NccGeometry {
 };
 
 
+// The forward: the box sums land in a.kept_sums if the backward is to read them
+// (the passes start in the buffer that makes the last one end there), else
+// in a scratch buffer; then the value.
 template <typename T, typename Runner>
-acc_t<T>* ncc_box_sums(const NccArgs<T>& a, Runner& run) {
-  acc_t<T>* x = a.buf0;
-  acc_t<T>* y = a.buf1;
+void ncc_forward_plan(const NccArgs<T>& a, Runner& run) {
+  acc_t<T>* dest = a.kept_sums ? a.kept_sums : a.buf0;
+  acc_t<T>* x = a.geo.ndim % 2 == 1 ? dest : a.buf1;
+  acc_t<T>* y = x == dest ? a.buf1 : dest;
   run.products(a.a, a.b, x, a.geo.ndim - 1);
   for (int k = a.geo.ndim - 2; k >= 0; --k) {
     run.box(x, y, k);
     std::swap(x, y);
   }
-  return x;
+  run.value(x, a.out);
 }
 
-template <typename T, typename Runner>
-void ncc_forward_plan(const NccArgs<T>& a, Runner& run) {
-  run.value(ncc_box_sums(a, run), a.out);
-}
-
+// The backward from the forward's sums, which it leaves as they are.
 template <typename T, typename Runner>
 void ncc_backward_plan(const NccArgs<T>& a, Runner& run) {
-  acc_t<T>* sums = ncc_box_sums(a, run);
-  acc_t<T>* x = sums == a.buf0 ? a.buf1 : a.buf0;
-  acc_t<T>* y = sums;
-  run.sum_grads(sums, a.grad, x);
+  acc_t<T>* x = a.buf0;
+  acc_t<T>* y = a.buf1;
+  run.sum_grads(a.sums, a.grad, x);
   // a centred box with zero padding is its own adjoint
   for (int k = a.geo.ndim - 1; k >= 0; --k) {
     run.box(x, y, k);

@@ -175,6 +175,11 @@ struct NccArgs {
   const T* grad = nullptr;    // backward
   T* grad_a = nullptr;        // may be null
   T* grad_b = nullptr;        // may be null
+  // The box sums of a, b, aa, bb, ab, (5, B, C, *S): the forward keeps them
+  // in kept_sums if set; the backward reads them from sums (autograd may run
+  // it again on the same saved sums).
+  acc_t<T>* kept_sums = nullptr;
+  const acc_t<T>* sums = nullptr;
   acc_t<T>* buf0 = nullptr;   // scratch, 5 * B * C * nvox each (CUDA and emulated)
   acc_t<T>* buf1 = nullptr;
   int num_threads = 1;

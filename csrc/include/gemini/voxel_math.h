@@ -383,10 +383,14 @@ GEMINI_HD void ncc_store(const NccSums<A>& v, A* s, int64_t field_stride, int64_
   s[4 * field_stride + i] = v.ab;
 }
 
+// One division per voxel: 1 / n is the same for every voxel, and a loop
+// over voxels computes it once (divisions are the slowest vector operation,
+// and the backward had nine).
 template <typename A>
 GEMINI_HD A ncc_value(const NccSums<A>& s, A n, bool squared, A eps) {
-  const A cross = s.ab - s.a * s.b / n;
-  const A va = s.aa - s.a * s.a / n, vb = s.bb - s.b * s.b / n;
+  const A inv_n = A(1) / n;
+  const A cross = s.ab - s.a * s.b * inv_n;
+  const A va = s.aa - s.a * s.a * inv_n, vb = s.bb - s.b * s.b * inv_n;
   const A den = va * vb + eps;
   return squared ? cross * cross / den : cross / std::sqrt(den);
 }
@@ -394,26 +398,23 @@ GEMINI_HD A ncc_value(const NccSums<A>& s, A n, bool squared, A eps) {
 // d cc / d (S_a, S_b, S_aa, S_bb, S_ab), times g
 template <typename A>
 GEMINI_HD NccSums<A> ncc_sum_grads(const NccSums<A>& s, A n, bool squared, A eps, A g) {
-  const A cross = s.ab - s.a * s.b / n;
-  const A va = s.aa - s.a * s.a / n, vb = s.bb - s.b * s.b / n;
+  const A inv_n = A(1) / n;
+  const A cross = s.ab - s.a * s.b * inv_n;
+  const A va = s.aa - s.a * s.a * inv_n, vb = s.bb - s.b * s.b * inv_n;
   const A den = va * vb + eps;
-  A gc, gva, gvb;
+  A gc, q;
   if (squared) {
-    gc = A(2) * cross / den;
-    const A q = -cross * cross / (den * den);
-    gva = q * vb;
-    gvb = q * va;
+    const A c = cross / den;
+    gc = A(2) * c;
+    q = -c * c;
   } else {
     const A rs = A(1) / std::sqrt(den);
     gc = rs;
-    const A q = -A(0.5) * cross * rs / den;
-    gva = q * vb;
-    gvb = q * va;
+    q = -A(0.5) * cross * rs * rs * rs;
   }
   gc *= g;
-  gva *= g;
-  gvb *= g;
-  return {-gc * s.b / n - A(2) * gva * s.a / n, -gc * s.a / n - A(2) * gvb * s.b / n, gva, gvb, gc};
+  const A gva = q * vb * g, gvb = q * va * g;
+  return {-(gc * s.b + A(2) * gva * s.a) * inv_n, -(gc * s.a + A(2) * gvb * s.b) * inv_n, gva, gvb, gc};
 }
 
 GEMINI_ISA_END
