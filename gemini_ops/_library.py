@@ -148,9 +148,12 @@ def _register(ns: str) -> None:
 
     # integrate_velocity's backward recomputes the fields; the forward of
     # integrate_velocity_with_fields returns checkpoints for its backward.
-    # Outputs kept for a backward get no gradient: set_materialize_grads(False)
+    # Second outputs take no gradient (checkpoints, the NCC's kept sums, GSS's
+    # mask): they are non-differentiable, and set_materialize_grads(False)
     # spares autograd a zero fill of their size in every backward (5 MB per
-    # call for the NCC's sums at 64^3).
+    # call for the NCC's sums at 64^3). A backward may still be called with
+    # no gradient for the first output (None: all zeros, as gradcheck's
+    # check_undefined_grad does).
     def integrate_setup(ctx, inputs, output):
         velocity, num_steps, padding_mode = inputs
         ctx.save_for_backward(velocity, _empty(velocity))
@@ -179,11 +182,15 @@ def _register(ns: str) -> None:
 
     def gss_setup(ctx, inputs, output):
         feat_moving, feat_fixed, ddf, eps, s_m, s_f, s_d = inputs
+        ctx.mark_non_differentiable(output[1])  # the mask: piecewise constant in ddf
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(feat_moving, feat_fixed, ddf)
         ctx.eps = eps
         ctx.scales = (s_m, s_f, s_d)
 
-    def gss_bwd(ctx, grad_cos, grad_mask):
+    def gss_bwd(ctx, grad_cos, _mask_grad):
+        if grad_cos is None:
+            return (None,) * len(ctx.needs_input_grad)
         fm, ff, ddf = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         scales = [s if n else 0.0 for s, n in zip(ctx.scales, need)]

@@ -344,17 +344,32 @@ def test_local_ncc_kept_sums(ns, dtype, ndim):
         assert_rel_close(g, r, dtype, what="gradient from kept sums")
 
 
-def test_outputs_kept_for_the_backward_get_no_zero_gradient():
-    """Autograd fills no zero gradient for the NCC's kept sums or the
-    integration's checkpoints (set_materialize_grads(False)): a backward
+def test_second_outputs_take_no_gradient():
+    """The ops' second outputs (the NCC's kept sums, the integration's
+    checkpoints, GSS's mask) are non-differentiable, and autograd fills no
+    zero gradient for them (set_materialize_grads(False)): a backward
     without it filled 5 MB per NCC call at 64^3."""
     a, b = leaf(randn((1, 1, 6, 7, 8), torch.float32, 34)), leaf(randn((1, 1, 6, 7, 8), torch.float32, 35))
     v = leaf(random_ddf(1, 3, (6, 7, 8), torch.float32, 36, 1.0))
-    loss = gemini_ops.local_ncc(a, b, 3) + gemini_ops.integrate_velocity(v, 5).square().mean()
+    fm, ff = leaf(randn((1, 4, 5, 6, 7), torch.float32, 37)), randn((1, 4, 5, 6, 7), torch.float32, 38)
+    ddf = leaf(random_ddf(1, 3, (5, 6, 7), torch.float32, 39, 1.0))
+    outputs = (
+        torch.ops.gemini.local_ncc(a, b, 3, True, 1e-5, True),
+        torch.ops.gemini.integrate_velocity_with_fields(v, 5, 1, "zeros"),
+        torch.ops.gemini.gss(fm, ff, ddf, 1e-8, 1.0, 1.0, 1.0),
+    )
+    for first, second in outputs:
+        assert first.requires_grad and not second.requires_grad
+    mask = torch.ones((1, 1, 5, 6, 7))
+    loss = (
+        gemini_ops.local_ncc(a, b, 3)
+        + gemini_ops.integrate_velocity(v, 5).square().mean()
+        + gemini_ops.gss_similarity(fm, ff, ddf, mask=mask)
+    )
     with torch.profiler.profile(record_shapes=True) as prof:
         loss.backward()
-    kept_shapes = ([5, 1, 1, 6, 7, 8],) + tuple([k, 1, 3, 6, 7, 8] for k in range(1, 5))
+    kept_shapes = ([5, 1, 1, 6, 7, 8], [1, 1, 5, 6, 7]) + tuple([k, 1, 3, 6, 7, 8] for k in range(1, 5))
     for e in prof.events():
         if e.name in ("aten::fill_", "aten::zero_", "aten::zeros", "aten::zeros_like"):
             assert not any(list(s) in kept_shapes for s in e.input_shapes), (e.name, e.input_shapes)
-    assert a.grad is not None and v.grad is not None
+    assert a.grad is not None and v.grad is not None and fm.grad is not None and ddf.grad is not None
