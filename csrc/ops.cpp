@@ -22,7 +22,9 @@ void define_schemas(torch::Library& m) {
   m.def(
       "gss_backward(Tensor grad, Tensor feat_moving, Tensor feat_fixed, Tensor ddf, float eps, float scale_moving, "
       "float scale_fixed, float scale_ddf) -> (Tensor, Tensor, Tensor)");
-  m.def("local_ncc(Tensor a, Tensor b, int window, bool squared, float eps, bool keep_sums) -> (Tensor, Tensor)");
+  m.def(
+      "local_ncc(Tensor a, Tensor b, int window, bool squared, float eps, bool keep_sums, bool mean) -> "
+      "(Tensor, Tensor)");
   m.def(
       "local_ncc_backward(Tensor grad, Tensor a, Tensor b, Tensor sums, int window, bool squared, float eps, "
       "bool a_grad, bool b_grad) -> (Tensor, Tensor)");

@@ -520,24 +520,30 @@ struct Ops {
     return shape;
   }
 
-  // The value, and the box sums for the backward if keep_sums (else empty).
+  // The fused CPU kernels (no buffers) also sum the mean as they go;
+  // elsewhere it is the mean of the map, and its gradient is spread first.
+  static constexpr bool kFusedMean = !Policy::kNccBuffers;
+
+  // The value per voxel, or with mean its mean (0-dim); and the box sums for
+  // the backward if keep_sums (else empty).
   static std::tuple<at::Tensor, at::Tensor> local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window,
-                                                      bool squared, double eps, bool keep_sums) {
+                                                      bool squared, double eps, bool keep_sums, bool mean) {
     check_ncc(a_, b_, window);
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous();
     const auto acc = a.options().dtype(acc_dtype(a.scalar_type()));
-    at::Tensor out = Policy::empty(a.sizes(), a.options());
+    at::Tensor out = mean && kFusedMean ? at::empty({}, a.options()) : Policy::empty(a.sizes(), a.options());
     at::Tensor sums = keep_sums ? Policy::empty(sums_shape(a), acc) : at::empty({0}, acc);
     const at::Tensor buf0 = ncc_buffer(a, !keep_sums), buf1 = ncc_buffer(a);
     dispatch(a.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
       n.out = mptr<K>(out);
+      n.mean = mean && kFusedMean;
       n.kept_sums = keep_sums ? mptr<acc_t<K>>(sums) : nullptr;
       Backend::ncc_forward(n, Policy::stream(a));
     });
-    return {out, sums};
+    return {mean && !kFusedMean ? out.mean() : out, sums};
   }
 
   static std::tuple<at::Tensor, at::Tensor> local_ncc_backward(const at::Tensor& grad_, const at::Tensor& a_,
@@ -546,8 +552,9 @@ struct Ops {
                                                                bool b_grad) {
     check_ncc(a_, b_, window);
     check_like(grad_, "grad", a_, "a");
-    TORCH_CHECK_VALUE(grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(), ", got ",
-                      grad_.sizes());
+    const bool mean = grad_.dim() == 0;
+    TORCH_CHECK_VALUE(mean || grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(),
+                      " or no dimensions (the gradient of the mean), got ", grad_.sizes());
     const at::ScalarType acc = acc_dtype(a_.scalar_type());
     TORCH_CHECK_VALUE(sums_.sizes() == at::IntArrayRef(sums_shape(a_)),
                       "gemini: sums must be the forward's box sums, (5, *a.shape) = ", at::IntArrayRef(sums_shape(a_)),
@@ -556,7 +563,9 @@ struct Ops {
     TORCH_CHECK_VALUE(sums_.device() == a_.device(), "gemini: sums is on ", sums_.device(), " but a is on ",
                       a_.device());
     typename Policy::Guard guard(a_);
-    const at::Tensor a = a_.contiguous(), b = b_.contiguous(), grad = grad_.contiguous(), sums = sums_.contiguous();
+    const at::Tensor a = a_.contiguous(), b = b_.contiguous(), sums = sums_.contiguous();
+    const at::Tensor grad =
+        mean && !kFusedMean ? (grad_ / a.numel()).expand(a.sizes()).contiguous() : grad_.contiguous();
     at::Tensor ga = a_grad ? Policy::empty(a.sizes(), a.options()) : empty_result(a);
     at::Tensor gb = b_grad ? Policy::empty(b.sizes(), b.options()) : empty_result(b);
     if (!(a_grad || b_grad)) return {ga, gb};
@@ -566,6 +575,7 @@ struct Ops {
       NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
       n.sums = cptr<acc_t<K>>(sums);
       n.grad = cptr<K>(grad);
+      n.mean = mean && kFusedMean;
       n.grad_a = mptr<K>(ga);
       n.grad_b = mptr<K>(gb);
       Backend::ncc_backward(n, Policy::stream(a));

@@ -120,9 +120,9 @@ def _register(ns: str) -> None:
         )
 
     @torch.library.register_fake(lib + "local_ncc")
-    def _(a, b, window, squared, eps, keep_sums):
+    def _(a, b, window, squared, eps, keep_sums, mean):
         sums = (5, *a.shape) if keep_sums else (0,)
-        return a.new_empty(a.shape), a.new_empty(sums, dtype=_acc_dtype(a.dtype))
+        return a.new_empty(() if mean else a.shape), a.new_empty(sums, dtype=_acc_dtype(a.dtype))
 
     @torch.library.register_fake(lib + "local_ncc_backward")
     def _(grad, a, b, sums, window, squared, eps, a_grad, b_grad):
@@ -209,7 +209,7 @@ def _register(ns: str) -> None:
     # The backward reads the box sums that a forward with keep_sums returned;
     # after one without (a direct call of the op), it sums them again.
     def ncc_setup(ctx, inputs, output):
-        a, b, window, squared, eps, keep_sums = inputs
+        a, b, window, squared, eps, keep_sums, mean = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(a, b, output[1])
@@ -219,11 +219,11 @@ def _register(ns: str) -> None:
         a, b, sums = ctx.saved_tensors
         need_a, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if grad is None or not (need_a or need_b):
-            return None, None, None, None, None, None
+            return (None,) * 7
         if sums.numel() == 0:
-            sums = ops.local_ncc(a, b, *ctx.args, True)[1]
+            sums = ops.local_ncc(a, b, *ctx.args, True, False)[1]
         ga, gb = ops.local_ncc_backward(grad.contiguous(), a, b, sums, *ctx.args, need_a, need_b)
-        return (ga if need_a else None), (gb if need_b else None), None, None, None, None
+        return (ga if need_a else None), (gb if need_b else None), *(None,) * 5
 
     torch.library.register_autograd(lib + "local_ncc", ncc_bwd, setup_context=ncc_setup)
 

@@ -377,7 +377,11 @@ def local_ncc(
         )
     else:
         keep_sums = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
-        cc = ops.local_ncc(a, b, window, bool(squared), float(eps), keep_sums)[0]
+        # a plain mean is summed by the op, without a full-size map and its gradient
+        mean = reduction == "mean" and mask is None
+        cc = ops.local_ncc(a, b, window, bool(squared), float(eps), keep_sums, mean)[0]
+        if mean:
+            return _restore(cc, out_dtype)
     if reduction == "none":
         return _restore(cc, out_dtype)
     return _restore(masked_mean(cc, mask), out_dtype)

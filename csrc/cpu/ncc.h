@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 #include "gemini/ncc_plan.h"
 #include "parallel.h"
@@ -241,17 +242,18 @@ struct CpuNcc {
     return s;
   }
 
-  // body(v, x0, x1, z0, z1, workspace) for every tile and slab, per thread
-  // one workspace of `per_thread` bytes, items handed out on demand.
+  int64_t items() const { return vols * tiles * slabs; }
+
+  // body(item, v, x0, x1, z0, z1, workspace) for every tile and slab, per
+  // thread one workspace of `per_thread` bytes, items handed out on demand.
   template <typename Body>
   void for_items(size_t per_thread, Body&& body) const {
-    const int64_t items = vols * tiles * slabs;
     char* ws = static_cast<char*>(std::malloc(per_thread * nt));
     if (!ws) throw std::bad_alloc();
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t i = 0; i < items; ++i) {
+    for (int64_t i = 0; i < items(); ++i) {
       const int64_t v = i / (tiles * slabs), x0 = (i / slabs % tiles) * tile, z0 = i % slabs * slab;
-      body(v, x0, std::min(nx, x0 + tile), z0, std::min(nz, z0 + slab), ws + per_thread * omp_get_thread_num());
+      body(i, v, x0, std::min(nx, x0 + tile), z0, std::min(nz, z0 + slab), ws + per_thread * omp_get_thread_num());
     }
     std::free(ws);
   }
@@ -282,52 +284,78 @@ struct CpuNcc {
   }
 
   // kSquared is a.squared, a constant so that the per-row loops vectorise.
+  // With a.mean each item sums its values in double; the items' sums are
+  // added in item order (the same result for any thread count that makes
+  // the same items).
   template <bool kSquared>
   void forward() const {
     size_t per_thread = 0;
     stage(0, tile, nullptr, per_thread);
-    for_items(per_thread, [&](int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
+    std::vector<double> item_sums(a.mean ? items() : 0);
+    for_items(per_thread, [&](int64_t item, int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
       size_t used = 0;
       BoxStage<A> s = stage(x0, x1, ws, used);
+      double item_sum = 0;
       s.run(z0, z1, [&](int64_t z) { return products(v, z); },
             [&](int64_t k, int64_t y) {
               const double* sums = s.sums(y);
               const int64_t o = at(v, k, y) + x0;
-              T* out = a.out + o;
+              if (a.mean) {
+                double row = 0;
+#pragma omp simd reduction(+ : row)
+                for (int64_t i = 0; i < s.width; ++i)
+                  row += static_cast<double>(ncc_value(load_sums(sums, s.width, i), n, kSquared, eps));
+                item_sum += row;
+              } else {
+                T* out = a.out + o;
 #pragma omp simd
-              for (int64_t i = 0; i < s.width; ++i)
-                out[i] = store<T>(ncc_value(load_sums(sums, s.width, i), n, kSquared, eps));
+                for (int64_t i = 0; i < s.width; ++i)
+                  out[i] = store<T>(ncc_value(load_sums(sums, s.width, i), n, kSquared, eps));
+              }
               if (a.kept_sums)
 #pragma omp simd
                 for (int64_t i = 0; i < s.width; ++i) ncc_store(load_sums(sums, s.width, i), a.kept_sums + o, fs, i);
             });
+      if (a.mean) item_sums[item] = item_sum;
     });
+    if (a.mean) {
+      double total = 0;
+      for (double t : item_sums) total += t;
+      a.out[0] = store<T>(static_cast<A>(total / static_cast<double>(fs)));
+    }
   }
 
   // One stage over the gradients of the sums, which each row's fill
   // computes from the kept sums (a.sums), for the tile and r columns either
-  // side (within the volume).
+  // side (within the volume). With a.mean every voxel's gradient is
+  // grad[0] / voxels.
   template <bool kSquared>
   void backward() const {
     size_t per_thread = 0;
     stage(0, tile, nullptr, per_thread);
-    for_items(per_thread, [&](int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
+    const A grad_each = a.mean ? static_cast<A>(static_cast<double>(load<A>(a.grad[0])) / static_cast<double>(fs)) : A(0);
+    for_items(per_thread, [&](int64_t, int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
       size_t used = 0;
       BoxStage<A> grads = stage(x0, x1, ws, used);
       auto sum_grads = [&](int64_t z) {
         return [&, z](int64_t y, int64_t j0, int64_t j1, A* q, int64_t stride) {
           const int64_t o = at(v, z, y) + j0;
           const A* s = a.sums + o;
-          const T* g = a.grad + o;
+          auto fill = [&](auto grad_at) {
 #pragma omp simd
-          for (int64_t j = 0; j < j1 - j0; ++j) {
-            const NccSums<A> d = ncc_sum_grads(ncc_load(s, fs, j), n, kSquared, eps, load<A>(g[j]));
-            q[j] = d.a;
-            q[stride + j] = d.b;
-            q[2 * stride + j] = d.aa;
-            q[3 * stride + j] = d.bb;
-            q[4 * stride + j] = d.ab;
-          }
+            for (int64_t j = 0; j < j1 - j0; ++j) {
+              const NccSums<A> d = ncc_sum_grads(ncc_load(s, fs, j), n, kSquared, eps, grad_at(j));
+              q[j] = d.a;
+              q[stride + j] = d.b;
+              q[2 * stride + j] = d.aa;
+              q[3 * stride + j] = d.bb;
+              q[4 * stride + j] = d.ab;
+            }
+          };
+          if (a.mean)
+            fill([&](int64_t) { return grad_each; });
+          else
+            fill([&](int64_t j) { return load<A>(a.grad[o + j]); });
         };
       };
       auto input_grads = [&](int64_t k, int64_t y) {

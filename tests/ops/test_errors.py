@@ -399,13 +399,13 @@ RAW = [
     ),
     (
         "local_ncc",
-        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 5, 6), 4, True, 1e-5, False),
+        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 5, 6), 4, True, 1e-5, False, False),
         ValueError,
         r"window must be an odd",
     ),
     (
         "local_ncc",
-        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 6, 6), 3, True, 1e-5, True),
+        lambda ns: ns.local_ncc(f64(1, 2, 5, 6), f64(1, 2, 6, 6), 3, True, 1e-5, True, False),
         ValueError,
         r"same shape",
     ),

@@ -276,6 +276,10 @@ def test_gradcheck_local_ncc(backend, ndim, window, squared):
     assert torch.autograd.gradcheck(
         lambda x, y: gemini_ops.local_ncc(x, y, window, mask, squared, backend=backend), (a, b), **kw
     )
+    # the plain mean: summed by the op (CPU), or the mean of its map (emulated)
+    assert torch.autograd.gradcheck(
+        lambda x, y: gemini_ops.local_ncc(x, y, window, None, squared, backend=backend), (a, b), **kw
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -318,16 +322,16 @@ def test_local_ncc_kept_sums(ns, dtype, ndim):
     ops = getattr(torch.ops, ns)
     spatial = (11, 13) if ndim == 2 else (7, 9, 12)
     a, b = randn((2, 1, *spatial), dtype, 31), randn((2, 1, *spatial), dtype, 32)
-    out, sums = ops.local_ncc(a, b, 5, True, 1e-5, True)
+    out, sums = ops.local_ncc(a, b, 5, True, 1e-5, True, False)
     assert sums.shape == (5, *a.shape) and sums.dtype == dtype
     expected = _box_sums(a, b, 5)
     assert_rel_close(sums, expected, dtype, what="kept sums")
-    assert ops.local_ncc(a, b, 5, True, 1e-5, False)[1].numel() == 0
-    assert torch.equal(ops.local_ncc(a, b, 5, True, 1e-5, False)[0], out)
+    assert ops.local_ncc(a, b, 5, True, 1e-5, False, False)[1].numel() == 0
+    assert torch.equal(ops.local_ncc(a, b, 5, True, 1e-5, False, False)[0], out)
     kept_before = sums.clone()
     w = randn(a.shape, dtype, 33)
     la, lb = leaf(a), leaf(b)
-    cc = ops.local_ncc(la, lb, 5, True, 1e-5, True)[0]
+    cc = ops.local_ncc(la, lb, 5, True, 1e-5, True, False)[0]
     first = torch.autograd.grad((cc * w).sum(), (la, lb), retain_graph=True)
     second = torch.autograd.grad((cc * w).sum(), (la, lb))
     for g1, g2 in zip(first, second):
@@ -335,7 +339,7 @@ def test_local_ncc_kept_sums(ns, dtype, ndim):
     direct = ops.local_ncc_backward(w, a, b, sums, 5, True, 1e-5, True, True)
     assert torch.equal(sums, kept_before)
     la, lb = leaf(a), leaf(b)
-    unkept = torch.autograd.grad((ops.local_ncc(la, lb, 5, True, 1e-5, False)[0] * w).sum(), (la, lb))
+    unkept = torch.autograd.grad((ops.local_ncc(la, lb, 5, True, 1e-5, False, False)[0] * w).sum(), (la, lb))
     for g1, g2, g3 in zip(first, unkept, direct):
         assert torch.equal(g1, g2) and torch.equal(g1, g3)
     ra, rb = leaf(a), leaf(b)
@@ -354,7 +358,7 @@ def test_second_outputs_take_no_gradient():
     fm, ff = leaf(randn((1, 4, 5, 6, 7), torch.float32, 37)), randn((1, 4, 5, 6, 7), torch.float32, 38)
     ddf = leaf(random_ddf(1, 3, (5, 6, 7), torch.float32, 39, 1.0))
     outputs = (
-        torch.ops.gemini.local_ncc(a, b, 3, True, 1e-5, True),
+        torch.ops.gemini.local_ncc(a, b, 3, True, 1e-5, True, False),
         torch.ops.gemini.integrate_velocity_with_fields(v, 5, 1, "zeros"),
         torch.ops.gemini.gss(fm, ff, ddf, 1e-8, 1.0, 1.0, 1.0),
     )

@@ -32,14 +32,17 @@ def _opcheck_cases(ns):
     x, d, v, y = (t.requires_grad_() for t in _inputs(seed=5))
     g = randn(x.shape, torch.float64, 9)
     g1 = randn((2, 1, 6, 5, 7), torch.float64, 10)
+    ncc = (3, False, 1e-5)
+    sums = ops.local_ncc(x.detach(), y.detach(), *ncc, True, False)[1]
     return [
         ("warp", ops.warp.default, (x, d, "bilinear", "zeros")),
         ("warp-nearest-border", ops.warp.default, (x, d, "nearest", "border")),
         ("integrate_velocity", ops.integrate_velocity.default, (v, 3, "border")),
         ("integrate_velocity_with_fields", ops.integrate_velocity_with_fields.default, (v, 5, 2, "zeros")),
         ("gss", ops.gss.default, (x, y, d, 1e-8, 0.1, 0.1, 1.0)),
-        ("local_ncc", ops.local_ncc.default, (x, y, 5, True, 1e-5, False)),
-        ("local_ncc-keep_sums", ops.local_ncc.default, (x, y, 5, True, 1e-5, True)),
+        ("local_ncc", ops.local_ncc.default, (x, y, 5, True, 1e-5, False, False)),
+        ("local_ncc-keep_sums", ops.local_ncc.default, (x, y, 5, True, 1e-5, True, False)),
+        ("local_ncc-mean", ops.local_ncc.default, (x, y, 5, False, 1e-5, True, True)),
         ("warp_backward", ops.warp_backward.default, (g, x.detach(), d.detach(), "bilinear", "zeros", True, True)),
         (
             "integrate_velocity_backward",
@@ -52,11 +55,11 @@ def _opcheck_cases(ns):
             (v.detach(), v.detach(), ops.integrate_velocity_with_fields(v.detach(), 5, 2, "zeros")[1], 5, 2, "zeros"),
         ),
         ("gss_backward", ops.gss_backward.default, (g1, x.detach(), y.detach(), d.detach(), 1e-8, 1.0, 0.0, 1.0)),
+        ("local_ncc_backward", ops.local_ncc_backward.default, (g, x.detach(), y.detach(), sums, *ncc, True, False)),
         (
-            "local_ncc_backward",
+            "local_ncc_backward-mean",
             ops.local_ncc_backward.default,
-            (g, x.detach(), y.detach(), ops.local_ncc(x.detach(), y.detach(), 3, False, 1e-5, True)[1], 3, False, 1e-5)
-            + (True, False),
+            (g[0, 0, 0, 0, 0], x.detach(), y.detach(), sums, *ncc, True, True),
         ),
     ]
 
@@ -170,13 +173,13 @@ def test_raw_ops_do_no_casting_under_autocast():
     image, ddf, velocity, other = (t.float() for t in _inputs(seed=40))
     plain = (
         torch.ops.gemini.warp(image, ddf, "bilinear", "zeros"),
-        torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5, True)[0],
+        torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5, True, False)[0],
         torch.ops.gemini.integrate_velocity(velocity, 3, "zeros"),
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         auto = (
             torch.ops.gemini.warp(image, ddf, "bilinear", "zeros"),
-            torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5, True)[0],
+            torch.ops.gemini.local_ncc(image, other, 3, True, 1e-5, True, False)[0],
             torch.ops.gemini.integrate_velocity(velocity, 3, "zeros"),
         )
     for a, b in zip(auto, plain):

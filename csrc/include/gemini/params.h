@@ -171,8 +171,11 @@ struct NccArgs {
   double eps = 1e-5;
   const T* a = nullptr;       // (B, C, *S)
   const T* b = nullptr;
-  T* out = nullptr;           // forward (B, C, *S)
-  const T* grad = nullptr;    // backward
+  T* out = nullptr;           // forward (B, C, *S), or one value with mean
+  const T* grad = nullptr;    // backward (B, C, *S), or one value with mean
+  // The fused CPU kernels only: out is the mean of the values over every
+  // voxel, and grad the gradient of that mean.
+  bool mean = false;
   T* grad_a = nullptr;        // may be null
   T* grad_b = nullptr;        // may be null
   // The box sums of a, b, aa, bb, ab, (5, B, C, *S): the forward keeps them
