@@ -124,6 +124,16 @@ def test_local_ncc_column_tiles(channels, threads, four_threads):
         _close(out, ref)
         for g, r in zip(_grads(out, (a, b), 7), _grads(ref, (a, b), 7)):
             _close(g, r)
+        _check_mean(a, b, window)
+
+
+def _check_mean(a, b, window):
+    """The mean summed by the op over its work items, and its gradient."""
+    mean, ref = gemini_ops.local_ncc(a, b, window), reference.local_ncc_map(a, b, window).mean()
+    assert mean.dim() == 0
+    _close(mean, ref)
+    for g, r in zip(_grads(mean, (a, b), 9), _grads(ref, (a, b), 9)):
+        _close(g, r)
 
 
 @pytest.mark.parametrize(("spatial", "threads"), [((100, 5, 9), 2), ((61, 8, 9), 3), ((45, 4, 150), 3)])
@@ -143,6 +153,7 @@ def test_local_ncc_plane_slabs(spatial, threads, four_threads):
             _close(out, ref)
             for g, r in zip(_grads(out, (a, b), 8), ref_grads):
                 _close(g, r)
+            _check_mean(a, b, window)
 
 
 def test_large_outputs_on_host_pages(tmp_path):
