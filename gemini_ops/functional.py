@@ -351,6 +351,8 @@ def local_ncc(
     2D/3D box windows with ``denominator="eps"`` run the fused kernel (running
     box sums); the other options run the reference (separable convolutions).
     ``reduction="none"``: the map (B, C, *S); ``"mean"``: its (masked) mean.
+    The fused kernel keeps its five box sums per voxel for the backward when
+    a gradient is needed, and sums a mean without ``mask`` itself (no map).
     """
     (a, b), out_dtype = _precision(("a", "b"), (a, b), backend, dims=(3, 4, 5))
     if a.shape != b.shape:
