@@ -333,7 +333,8 @@ struct CpuNcc {
   void backward() const {
     size_t per_thread = 0;
     stage(0, tile, nullptr, per_thread);
-    const A grad_each = a.mean ? static_cast<A>(static_cast<double>(load<A>(a.grad[0])) / static_cast<double>(fs)) : A(0);
+    const A grad_each =
+        a.mean ? static_cast<A>(static_cast<double>(load<A>(a.grad[0])) / static_cast<double>(fs)) : A(0);
     for_items(per_thread, [&](int64_t, int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
       size_t used = 0;
       BoxStage<A> grads = stage(x0, x1, ws, used);
