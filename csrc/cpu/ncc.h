@@ -26,7 +26,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
-#include <vector>
 
 #include "gemini/ncc_plan.h"
 #include "parallel.h"
@@ -291,7 +290,9 @@ struct CpuNcc {
   void forward() const {
     size_t per_thread = 0;
     stage(0, tile, nullptr, per_thread);
-    std::vector<double> item_sums(a.mean ? items() : 0);
+    // malloc, not std::vector: no other library's inline code in these kernels (kernels.h)
+    double* item_sums = a.mean ? static_cast<double*>(std::malloc(sizeof(double) * items())) : nullptr;
+    if (a.mean && !item_sums) throw std::bad_alloc();
     for_items(per_thread, [&](int64_t item, int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
       size_t used = 0;
       BoxStage<A> s = stage(x0, x1, ws, used);
@@ -320,7 +321,8 @@ struct CpuNcc {
     });
     if (a.mean) {
       double total = 0;
-      for (double t : item_sums) total += t;
+      for (int64_t i = 0; i < items(); ++i) total += item_sums[i];
+      std::free(item_sums);
       a.out[0] = store<T>(static_cast<A>(total / static_cast<double>(fs)));
     }
   }
