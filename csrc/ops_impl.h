@@ -71,8 +71,28 @@ inline void check_field(const at::Tensor& field, const char* name, const at::Ten
               field.sizes());
 }
 
+// (count, *shape): the shape of `count` tensors of `shape` stacked
+inline std::vector<int64_t> stacked(int64_t count, at::IntArrayRef shape) {
+  std::vector<int64_t> out{count};
+  out.insert(out.end(), shape.begin(), shape.end());
+  return out;
+}
+
 inline at::ScalarType acc_dtype(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// A tensor a forward kept for its backward (the integration's fields, the
+// NCC's box sums): `shape` (described as `what`), the accumulation dtype and
+// the device of `like`.
+inline void check_kept(const at::Tensor& t, const char* name, const char* what, const std::vector<int64_t>& shape,
+                       const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), "gemini: ", name, " must be ", what, " = ",
+                    at::IntArrayRef(shape), ", got ", t.sizes());
+  const at::ScalarType acc = acc_dtype(like.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == acc, "gemini: ", name, " must have dtype ", acc, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == like.device(), "gemini: ", name, " is on ", t.device(), " but ", like_name,
+                    " is on ", like.device());
 }
 
 template <typename T>
@@ -198,11 +218,7 @@ struct Ops {
     // the first target of a backward: zeroed where interleaved (square_backward)
     at::Tensor backward_target() const { return interleaved ? Policy::zeros(level_shape, options) : empty(); }
     // count fields (count, B, ndim, *S): the saved ones
-    at::Tensor empty_fields(int64_t count) const {
-      std::vector<int64_t> shape = field_shape;
-      shape.insert(shape.begin(), count);
-      return Policy::empty(shape, options);
-    }
+    at::Tensor empty_fields(int64_t count) const { return Policy::empty(stacked(count, field_shape), options); }
 
     // level `into` = field (B, ndim, *S) times scale; returns into
     const at::Tensor& load(const at::Tensor& field, double scale, const at::Tensor& into) const {
@@ -395,16 +411,8 @@ struct Ops {
   }
 
   static void check_fields(const at::Tensor& fields, const at::Tensor& velocity, int64_t num_steps, int64_t every) {
-    std::vector<int64_t> shape{std::max<int64_t>(num_steps - 1, 0) / every};
-    for (int64_t s : velocity.sizes()) shape.push_back(s);
-    TORCH_CHECK_VALUE(fields.sizes() == at::IntArrayRef(shape),
-                      "gemini: fields must be empty or ((num_steps - 1) // every, *velocity.shape) = ",
-                      at::IntArrayRef(shape), ", got ", fields.sizes());
-    const at::ScalarType work = acc_dtype(velocity.scalar_type());
-    TORCH_CHECK_TYPE(fields.scalar_type() == work, "gemini: fields must have dtype ", work, ", got ",
-                     fields.scalar_type());
-    TORCH_CHECK_VALUE(fields.device() == velocity.device(), "gemini: fields is on ", fields.device(),
-                      " but velocity is on ", velocity.device());
+    check_kept(fields, "fields", "empty or ((num_steps - 1) // every, *velocity.shape)",
+               stacked(std::max<int64_t>(num_steps - 1, 0) / every, velocity.sizes()), velocity, "velocity");
   }
 
   // ---- GSS ----
@@ -514,12 +522,6 @@ struct Ops {
                          a.options().dtype(acc_dtype(a.scalar_type())));
   }
 
-  static std::vector<int64_t> sums_shape(const at::Tensor& a) {
-    std::vector<int64_t> shape{5};
-    for (int64_t s : a.sizes()) shape.push_back(s);
-    return shape;
-  }
-
   // The fused CPU kernels (no buffers) also sum the mean as they go;
   // elsewhere it is the mean of the map, and its gradient is spread first.
   static constexpr bool kFusedMean = !Policy::kNccBuffers;
@@ -533,7 +535,7 @@ struct Ops {
     const at::Tensor a = a_.contiguous(), b = b_.contiguous();
     const auto acc = a.options().dtype(acc_dtype(a.scalar_type()));
     at::Tensor out = mean && kFusedMean ? at::empty({}, a.options()) : Policy::empty(a.sizes(), a.options());
-    at::Tensor sums = keep_sums ? Policy::empty(sums_shape(a), acc) : at::empty({0}, acc);
+    at::Tensor sums = keep_sums ? Policy::empty(stacked(5, a.sizes()), acc) : at::empty({0}, acc);
     const at::Tensor buf0 = ncc_buffer(a, !keep_sums), buf1 = ncc_buffer(a);
     dispatch(a.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
@@ -555,13 +557,7 @@ struct Ops {
     const bool mean = grad_.dim() == 0;
     TORCH_CHECK_VALUE(mean || grad_.sizes() == a_.sizes(), "gemini: grad must have the shape of a ", a_.sizes(),
                       " or no dimensions (the gradient of the mean), got ", grad_.sizes());
-    const at::ScalarType acc = acc_dtype(a_.scalar_type());
-    TORCH_CHECK_VALUE(sums_.sizes() == at::IntArrayRef(sums_shape(a_)),
-                      "gemini: sums must be the forward's box sums, (5, *a.shape) = ", at::IntArrayRef(sums_shape(a_)),
-                      ", got ", sums_.sizes());
-    TORCH_CHECK_TYPE(sums_.scalar_type() == acc, "gemini: sums must have dtype ", acc, ", got ", sums_.scalar_type());
-    TORCH_CHECK_VALUE(sums_.device() == a_.device(), "gemini: sums is on ", sums_.device(), " but a is on ",
-                      a_.device());
+    check_kept(sums_, "sums", "the forward's box sums, (5, *a.shape)", stacked(5, a_.sizes()), a_, "a");
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous(), sums = sums_.contiguous();
     const at::Tensor grad =
