@@ -296,9 +296,9 @@ inline bool gss_channels_last(int64_t channels) {
 // The moving features of one call, channel-innermost.
 struct MovingChannelsLast {
   int64_t cp;
-  ZeroBuffer<float> buffer;
+  HostBuffer<float> buffer;  // written whole by the conversion
   explicit MovingChannelsLast(const GssArgs<float>& a, int64_t n)
-      : cp(channels_padded(a.geo.channels)), buffer(a.geo.batch * n * cp) {
+      : cp(channels_padded(a.geo.channels)), buffer(a.geo.batch * n * cp, false) {
     convert_channels<false>(a.moving, buffer.data(), a.geo.batch, a.geo.channels, n, a.num_threads);
   }
   const float* data() const { return buffer.data(); }
@@ -390,7 +390,7 @@ void gss_backward(const GssArgs<T>& a) {
       if (gss_channels_last(C)) {
         const MovingChannelsLast mcl(a, n);
         const int64_t cp = mcl.cp;
-        const ZeroBuffer<float> gcl(a.grad_moving ? batch * n * cp : 0);
+        const HostBuffer<float> gcl(a.grad_moving ? batch * n * cp : 0, true);
         gss_backward_rows(a, e, gcl.data(), batch * n * cp,
                           [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, float* into) {
                             gss_backward_cl<NDIM, decltype(tag)>(a, mcl.data(), cp, e, b, c, v, x, into);

@@ -522,8 +522,8 @@ inline int64_t channels_padded(int64_t channels) {
 
 // out (batch, n, cp) = in (batch, C, n) with channels innermost; kBack:
 // out (batch, C, n) = in (batch, n, cp). Vectors of L voxels by L channels go
-// through registers (S::transpose). out of the copy starts zero-filled
-// (ZeroBuffer): its padding channels stay zeros. A work item is a cache
+// through registers (S::transpose). The copy writes every value of out, its
+// padding channels as zeros. A work item is a cache
 // line of voxels (kLine) of each plane, used up before the next block of
 // planes: planes whose size is a multiple of 128 KiB (64^3, 96^3, 128^3)
 // share the cache sets, and 8-voxel items (AVX2) read each line twice, the
@@ -558,11 +558,11 @@ void convert_channels(const float* in, float* out, int64_t batch, int64_t C, int
             }
           }
         for (int64_t v = whole; v < first + kLine && v < n; ++v)  // the last voxels, one at a time
-          for (int64_t ch = 0; ch < C; ++ch) {
+          for (int64_t ch = 0; ch < (kBack ? C : cp); ++ch) {
             if constexpr (kBack)
               out_planes[ch * n + v] = cl_in[v * cp + ch];
             else
-              cl_out[v * cp + ch] = planes[ch * n + v];
+              cl_out[v * cp + ch] = ch < C ? planes[ch * n + v] : 0.f;
           }
       },
       kLine * cp);

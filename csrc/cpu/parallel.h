@@ -99,29 +99,30 @@ inline bool partitions_channels(int64_t channels, int nt) {
   return channels >= nt && (channels % nt == 0 || channels >= 4 * nt);
 }
 
-// A kernel's own zero-filled buffer (gemini/host_pages.h; small ones from
-// calloc). Fresh pages fault in on the threads that touch them, in parallel,
-// instead of one thread zero-filling them all first; reused ones are
-// cleared on the OpenMP threads.
+// A kernel's own buffer (gemini/host_pages.h; small ones from calloc or
+// malloc), zero-filled when `zeroed`. Fresh pages fault in on the threads
+// that touch them, in parallel, instead of one thread zero-filling them all
+// first; reused ones are cleared on the OpenMP threads, so a buffer that is
+// written whole before it is read asks for no zeros.
 template <typename G>
-class ZeroBuffer {
+class HostBuffer {
  public:
   // count 0: no memory (data() is null)
-  explicit ZeroBuffer(int64_t count) {
+  HostBuffer(int64_t count, bool zeroed) {
     if (count <= 0) return;
     const size_t bytes = static_cast<size_t>(count) * sizeof(G);
-    data_ = static_cast<G*>(map_host_pages(bytes, true, &map_, &length_));
-    if (!data_) data_ = static_cast<G*>(std::calloc(bytes, 1));
+    data_ = static_cast<G*>(map_host_pages(bytes, zeroed, &map_, &length_));
+    if (!data_) data_ = static_cast<G*>(zeroed ? std::calloc(bytes, 1) : std::malloc(bytes));
     if (!data_) throw std::bad_alloc();
   }
-  ~ZeroBuffer() {
+  ~HostBuffer() {
     if (map_)
       unmap_host_pages(map_, length_);
     else
       std::free(data_);
   }
-  ZeroBuffer(const ZeroBuffer&) = delete;
-  ZeroBuffer& operator=(const ZeroBuffer&) = delete;
+  HostBuffer(const HostBuffer&) = delete;
+  HostBuffer& operator=(const HostBuffer&) = delete;
   G* data() const { return data_; }
 
  private:
@@ -133,9 +134,9 @@ class ZeroBuffer {
 // Zero-filled buffers, one per extra thread.
 template <typename G>
 struct ThreadBuffers {
-  ZeroBuffer<G> all;
+  HostBuffer<G> all;
   int64_t numel;
-  ThreadBuffers(int count, int64_t n) : all(static_cast<int64_t>(count) * n), numel(n) {}
+  ThreadBuffers(int count, int64_t n) : all(static_cast<int64_t>(count) * n, true), numel(n) {}
   // thread t > 0 writes here (thread 0 writes into the output)
   G* of(int t) const { return all.data() + (t - 1) * numel; }
 };

@@ -206,10 +206,13 @@ def _fwd_bwd(case):
         image = randn((1, 1, 80, 80, 80), torch.float32, 32).requires_grad_()
         out = gemini_ops.warp(image, gemini_ops.integrate_velocity(v, 7))
         leaves = [v, image]
-    elif case == "gss":
-        fm = randn((1, 16, 48, 48, 48), torch.float32, 33).requires_grad_()
-        ff = randn((1, 16, 48, 48, 48), torch.float32, 34).requires_grad_()
-        ddf = smooth_field(1, 3, (48, 48, 48), 35, max_abs=4.0).float().requires_grad_()
+    elif case.startswith("gss"):
+        # "gss-padded": channels padded to whole vectors in the channel-innermost
+        # copies, and a last row of voxels shorter than a vector
+        c, size = (12, (41, 41, 41)) if case == "gss-padded" else (16, (48, 48, 48))
+        fm = randn((1, c, *size), torch.float32, 33).requires_grad_()
+        ff = randn((1, c, *size), torch.float32, 34).requires_grad_()
+        ddf = smooth_field(1, 3, size, 35, max_abs=4.0).float().requires_grad_()
         out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
         leaves = [fm, ff, ddf]
     else:
@@ -222,7 +225,7 @@ def _fwd_bwd(case):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("case", ["integrate", "gss", "ncc"])
+@pytest.mark.parametrize("case", ["integrate", "gss", "gss-padded", "ncc"])
 def test_reused_host_pages(case, threads):
     """A call whose buffers come from used (NaN-filled) cached mappings gives
     the same bits as one on fresh zero pages: every buffer read before it is
