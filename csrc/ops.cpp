@@ -18,7 +18,7 @@ void define_schemas(torch::Library& m) {
       "str padding_mode) -> Tensor");
   m.def(
       "gss(Tensor feat_moving, Tensor feat_fixed, Tensor ddf, float eps, float scale_moving, float scale_fixed, "
-      "float scale_ddf) -> (Tensor, Tensor)");
+      "float scale_ddf, bool mean) -> (Tensor, Tensor)");
   m.def(
       "gss_backward(Tensor grad, Tensor feat_moving, Tensor feat_fixed, Tensor ddf, float eps, float scale_moving, "
       "float scale_fixed, float scale_ddf) -> (Tensor, Tensor, Tensor)");

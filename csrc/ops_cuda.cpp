@@ -35,6 +35,7 @@ struct CudaPolicy {
   static constexpr bool kGssWritesMovingGrad = false;
   static constexpr bool kNccBuffers = true;
   static constexpr bool kInterleavedLevels = false;
+  static constexpr bool kFusedMean = false;
 };
 
 }  // namespace gemini

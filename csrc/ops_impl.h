@@ -9,7 +9,9 @@
 // passes; the CPU kernels fuse the passes and need none),
 // kInterleavedLevels (the CPU squaring steps' layout, see Levels),
 // kGssWritesMovingGrad (the GSS backward writes every value of the
-// moving-feature gradient itself: it may start uninitialised).
+// moving-feature gradient itself: it may start uninitialised), kFusedMean
+// (the NCC and GSS kernels sum a mean as they go; elsewhere it is the mean
+// of the map, taken here).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -438,22 +440,30 @@ struct Ops {
     check_field(ddf, "ddf", fm, "feat_moving");
   }
 
+  // The cosine and the mask per voxel (B, 1, *S), or with mean the masked
+  // mean and the mask's sum (0-dim; the sum in the accumulation type).
   static std::tuple<at::Tensor, at::Tensor> gss(const at::Tensor& fm_, const at::Tensor& ff_, const at::Tensor& ddf_,
-                                                double eps, double, double, double) {
+                                                double eps, double, double, double, bool mean) {
     check_gss(fm_, ff_, ddf_);
     typename Policy::Guard guard(fm_);
     const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous();
+    const bool fused = mean && Policy::kFusedMean;
     std::vector<int64_t> shape = fm.sizes().vec();
     shape[1] = 1;
+    if (fused) shape.clear();
     at::Tensor cos = Policy::empty(shape, fm.options()), mask = Policy::empty(shape, fm.options());
     dispatch(fm.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
       a.cos = mptr<K>(cos);
       a.mask = mptr<K>(mask);
+      a.mean = fused;
       Backend::gss_forward(a, Policy::stream(fm));
     });
-    return {cos, mask};
+    if (!mean || fused) return {cos, mask};  // the fused kernels' types are their own accumulation types
+    const at::ScalarType acc = acc_dtype(fm.scalar_type());
+    const at::Tensor count = mask.sum(acc);
+    return {((cos * mask).sum(acc) / count.clamp_min(1e-6)).to(fm.scalar_type()), count};
   }
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> gss_backward(const at::Tensor& grad_, const at::Tensor& fm_,
@@ -462,8 +472,10 @@ struct Ops {
                                                                      double scale_fixed, double scale_ddf) {
     check_gss(fm_, ff_, ddf_);
     check_like(grad_, "grad", fm_, "feat_moving");
-    TORCH_CHECK_VALUE(grad_.numel() == fm_.numel() / fm_.size(1), "gemini: grad must be (B, 1, *spatial), got ",
-                grad_.sizes());
+    const bool mean = grad_.dim() == 0;
+    TORCH_CHECK_VALUE(mean || grad_.numel() == fm_.numel() / fm_.size(1),
+                      "gemini: grad must be (B, 1, *spatial) or have no dimensions (the gradient of the mean at "
+                      "every voxel in the mask), got ", grad_.sizes());
     typename Policy::Guard guard(fm_);
     const at::Tensor fm = fm_.contiguous(), ff = ff_.contiguous(), ddf = ddf_.contiguous(), grad = grad_.contiguous();
     const at::ScalarType acc = acc_dtype(fm.scalar_type());
@@ -478,6 +490,7 @@ struct Ops {
       using K = decltype(tag);
       GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
       a.grad = cptr<K>(grad);
+      a.mean = mean;
       a.scale_moving = scale_moving;
       a.scale_fixed = scale_fixed;
       a.scale_ddf = scale_ddf;
@@ -522,10 +535,6 @@ struct Ops {
                          a.options().dtype(acc_dtype(a.scalar_type())));
   }
 
-  // The fused CPU kernels (no buffers) also sum the mean as they go;
-  // elsewhere it is the mean of the map, and its gradient is spread first.
-  static constexpr bool kFusedMean = !Policy::kNccBuffers;
-
   // The value per voxel, or with mean its mean (0-dim); and the box sums for
   // the backward if keep_sums (else empty).
   static std::tuple<at::Tensor, at::Tensor> local_ncc(const at::Tensor& a_, const at::Tensor& b_, int64_t window,
@@ -534,18 +543,19 @@ struct Ops {
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous();
     const auto acc = a.options().dtype(acc_dtype(a.scalar_type()));
-    at::Tensor out = mean && kFusedMean ? at::empty({}, a.options()) : Policy::empty(a.sizes(), a.options());
+    at::Tensor out =
+        mean && Policy::kFusedMean ? at::empty({}, a.options()) : Policy::empty(a.sizes(), a.options());
     at::Tensor sums = keep_sums ? Policy::empty(stacked(5, a.sizes()), acc) : at::empty({0}, acc);
     const at::Tensor buf0 = ncc_buffer(a, !keep_sums), buf1 = ncc_buffer(a);
     dispatch(a.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
       n.out = mptr<K>(out);
-      n.mean = mean && kFusedMean;
+      n.mean = mean && Policy::kFusedMean;
       n.kept_sums = keep_sums ? mptr<acc_t<K>>(sums) : nullptr;
       Backend::ncc_forward(n, Policy::stream(a));
     });
-    return {mean && !kFusedMean ? out.mean() : out, sums};
+    return {mean && !Policy::kFusedMean ? out.mean() : out, sums};
   }
 
   static std::tuple<at::Tensor, at::Tensor> local_ncc_backward(const at::Tensor& grad_, const at::Tensor& a_,
@@ -561,7 +571,7 @@ struct Ops {
     typename Policy::Guard guard(a_);
     const at::Tensor a = a_.contiguous(), b = b_.contiguous(), sums = sums_.contiguous();
     const at::Tensor grad =
-        mean && !kFusedMean ? (grad_ / a.numel()).expand(a.sizes()).contiguous() : grad_.contiguous();
+        mean && !Policy::kFusedMean ? (grad_ / a.numel()).expand(a.sizes()).contiguous() : grad_.contiguous();
     at::Tensor ga = a_grad ? Policy::empty(a.sizes(), a.options()) : empty_result(a);
     at::Tensor gb = b_grad ? Policy::empty(b.sizes(), b.options()) : empty_result(b);
     if (!(a_grad || b_grad)) return {ga, gb};
@@ -571,7 +581,7 @@ struct Ops {
       NccArgs<K> n = ncc_args<K>(a, b, window, squared, eps, buf0, buf1);
       n.sums = cptr<acc_t<K>>(sums);
       n.grad = cptr<K>(grad);
-      n.mean = mean && kFusedMean;
+      n.mean = mean && Policy::kFusedMean;
       n.grad_a = mptr<K>(ga);
       n.grad_b = mptr<K>(gb);
       Backend::ncc_backward(n, Policy::stream(a));
@@ -660,6 +670,7 @@ struct HostPolicy {
   static constexpr bool kGssWritesMovingGrad = true;
   static constexpr bool kNccBuffers = false;
   static constexpr bool kInterleavedLevels = true;
+  static constexpr bool kFusedMean = true;
 };
 
 // The emulated CUDA kernels scatter with atomics and need no coefficient
@@ -669,6 +680,7 @@ struct EmulatedPolicy : HostPolicy {
   static constexpr bool kGssWritesMovingGrad = false;
   static constexpr bool kNccBuffers = true;
   static constexpr bool kInterleavedLevels = false;
+  static constexpr bool kFusedMean = false;
 };
 
 void define_schemas(torch::Library& m);

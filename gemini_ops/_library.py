@@ -107,7 +107,9 @@ def _register(ns: str) -> None:
         return velocity.new_empty(velocity.shape)
 
     @torch.library.register_fake(lib + "gss")
-    def _(feat_moving, feat_fixed, ddf, eps, scale_moving, scale_fixed, scale_ddf):
+    def _(feat_moving, feat_fixed, ddf, eps, scale_moving, scale_fixed, scale_ddf, mean):
+        if mean:  # the masked mean, and the mask's sum
+            return feat_fixed.new_empty(()), feat_fixed.new_empty((), dtype=_acc_dtype(feat_fixed.dtype))
         shape = (ddf.shape[0], 1, *ddf.shape[2:])
         return feat_fixed.new_empty(shape), feat_fixed.new_empty(shape)
 
@@ -180,29 +182,33 @@ def _register(ns: str) -> None:
         lib + "integrate_velocity_with_fields", integrate_bwd, setup_context=integrate_with_fields_setup
     )
 
+    # With mean, the backward gives grad / the mask's sum to each voxel in
+    # the mask (the mask's sum is piecewise constant in ddf).
     def gss_setup(ctx, inputs, output):
-        feat_moving, feat_fixed, ddf, eps, s_m, s_f, s_d = inputs
-        ctx.mark_non_differentiable(output[1])  # the mask: piecewise constant in ddf
+        feat_moving, feat_fixed, ddf, eps, s_m, s_f, s_d, mean = inputs
+        ctx.mark_non_differentiable(output[1])  # the mask or its sum: piecewise constant in ddf
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(feat_moving, feat_fixed, ddf)
+        ctx.save_for_backward(feat_moving, feat_fixed, ddf, output[1] if mean else _empty(ddf))
         ctx.eps = eps
         ctx.scales = (s_m, s_f, s_d)
 
     def gss_bwd(ctx, grad_cos, _mask_grad):
         if grad_cos is None:
             return (None,) * len(ctx.needs_input_grad)
-        fm, ff, ddf = ctx.saved_tensors
+        fm, ff, ddf, count = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         scales = [s if n else 0.0 for s, n in zip(ctx.scales, need)]
         if not any(scales):
             zeros = [torch.zeros_like(t) if n else None for t, n in zip((fm, ff, ddf), need)]
-            return (*zeros, None, None, None, None)
+            return (*zeros, *(None,) * 5)
+        if grad_cos.dim() == 0:
+            grad_cos = (grad_cos / count.clamp_min(1e-6)).to(grad_cos.dtype)
         g = ops.gss_backward(grad_cos.contiguous(), fm, ff, ddf, ctx.eps, *scales)
         out = [
             gt if s != 0 else (torch.zeros_like(t) if n else None)
             for gt, s, t, n in zip(g, scales, (fm, ff, ddf), need)
         ]
-        return (*out, None, None, None, None)
+        return (*out, *(None,) * 5)
 
     torch.library.register_autograd(lib + "gss", gss_bwd, setup_context=gss_setup)
 

@@ -283,6 +283,8 @@ def gss_similarity(
     ``"none"``: the per-voxel cosine times the mask, (B, 1, *S).
     ``grad_scales`` multiply the gradients reaching (feat_moving, feat_fixed,
     ddf); the value is unchanged (GEMINI's stop-gradient pair in one forward).
+    The CPU kernels sum the mean without a mask themselves, with no per-voxel
+    map or gradient in between.
     """
     (feat_moving, feat_fixed, ddf), out_dtype = _precision(
         ("feat_moving", "feat_fixed", "ddf"), (feat_moving, feat_fixed, ddf), backend
@@ -301,8 +303,10 @@ def gss_similarity(
     if ops is None:
         cos = reference.gss_map(_scale_grad(feat_moving, s_m), _scale_grad(feat_fixed, s_f), _scale_grad(ddf, s_d), eps)
         valid = reference.sample_mask(ddf)
+    elif mask is None and reduction == "mean":  # the op sums the masked mean itself
+        return _restore(ops.gss(feat_moving, feat_fixed, ddf, float(eps), s_m, s_f, s_d, True)[0], out_dtype)
     else:
-        cos, valid = ops.gss(feat_moving, feat_fixed, ddf, float(eps), s_m, s_f, s_d)
+        cos, valid = ops.gss(feat_moving, feat_fixed, ddf, float(eps), s_m, s_f, s_d, False)
     weight = valid if mask is None else mask.to(cos.dtype)
     if reduction == "none":
         return _restore(cos * weight, out_dtype)

@@ -37,28 +37,56 @@ struct CosineSums {
   }
 };
 
+// point_inside of the lanes' sample points: the nearest voxel (half to
+// even) is inside.
+template <int NDIM, class S>
+typename S::M points_inside(const LinearLanes<NDIM, S>& s, const Extent<NDIM>& e) {
+  using E = typename S::E;
+  typename S::M in = S::all_lanes();
+  for (int k = 0; k < NDIM; ++k) {
+    const typename S::F r = S::round(S::min(S::max(s.point[k], S::set(E(-2))), S::set(E(e.size[k] + 1))));
+    in = S::both(in, S::both(S::gt(r, S::set(E(-0.5))), S::lt(r, S::set(E(e.size[k]) - E(0.5)))));
+  }
+  return in;
+}
+
+// The forward's results of the lanes from voxel v: the cosine and the mask
+// stored, or with a.mean, into row_sum (the sums of the lanes' row), the
+// cosine where the mask is 1 and the mask added.
 template <int NDIM, class S, typename T>
 void gss_store_forward(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, int64_t v,
-                       const LinearLanes<NDIM, S>& s, const CosineSums<S>& sums) {
+                       const LinearLanes<NDIM, S>& s, const CosineSums<S>& sums, double* row_sum) {
   using F = typename S::F;
   using E = typename S::E;
   const int64_t n = e.numel();
-  const F eps = S::set(static_cast<E>(a.eps));
+  const F eps = S::set(static_cast<E>(a.eps)), zero = S::set(E(0));
   // max(x, eps) with x86 semantics: a NaN norm gives eps, as in gss_cosine
-  S::store(a.cos + b * n + v, sums.dot / (S::max(S::sqrt(sums.nw2), eps) * S::max(S::sqrt(sums.nf2), eps)));
-  // point_inside: the nearest voxel (half to even) of the point is inside
-  const F* p = s.point;
-  typename S::M in = S::all_lanes();
-  for (int k = 0; k < NDIM; ++k) {
-    const F r = S::round(S::min(S::max(p[k], S::set(E(-2))), S::set(E(e.size[k] + 1))));
-    in = S::both(in, S::both(S::gt(r, S::set(E(-0.5))), S::lt(r, S::set(E(e.size[k]) - E(0.5)))));
+  const F cos = sums.dot / (S::max(S::sqrt(sums.nw2), eps) * S::max(S::sqrt(sums.nf2), eps));
+  const typename S::M in = points_inside(s, e);
+  if (row_sum) {
+    alignas(64) E kept[S::L];
+    S::store(kept, S::select(in, cos, zero));
+    for (int l = 0; l < S::L; ++l) row_sum[0] += static_cast<double>(kept[l]);
+    row_sum[1] += __builtin_popcount(S::bits(in));
+    return;
   }
-  S::store(a.mask + b * n + v, S::select(in, S::set(E(1)), S::set(E(0))));
+  S::store(a.cos + b * n + v, cos);
+  S::store(a.mask + b * n + v, S::select(in, S::set(E(1)), zero));
+}
+
+// d loss / d cos of the lanes from voxel v (with a.mean: grad[0] where the
+// sample point counts, else 0).
+template <int NDIM, class S, typename T>
+typename S::F gss_lane_grad(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, int64_t v,
+                            const LinearLanes<NDIM, S>& s) {
+  using E = typename S::E;
+  if (!a.mean) return S::load(a.grad + b * e.numel() + v);
+  return S::select(points_inside(s, e), S::set(static_cast<E>(a.grad[0])), S::set(E(0)));
 }
 
 template <int NDIM, class S, typename T>
 void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, const int64_t* c, int64_t v,
-                       int64_t x) {
+                       int64_t x, double* row_sum) {
   using L = LinearLanes<NDIM, S>;
   using F = typename S::F;
   const int64_t n = e.numel(), C = a.geo.channels;
@@ -73,7 +101,7 @@ void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, co
     s.gather(a.moving + plane, q.coff, q.mask, vals);
     sums.add(s.interpolate(vals, nullptr), S::load(a.fixed + plane + v));
   }
-  gss_store_forward(a, e, b, v, s, sums);
+  gss_store_forward(a, e, b, v, s, sums, row_sum);
 }
 
 // The forward on channel-innermost moving features mcl (cp values per
@@ -81,7 +109,7 @@ void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, co
 // a transpose turns the lanes' vectors into one vector of lanes per channel.
 template <int NDIM, class S>
 void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const Extent<NDIM>& e, int64_t b,
-                    const int64_t* c, int64_t v, int64_t x) {
+                    const int64_t* c, int64_t v, int64_t x, double* row_sum) {
   using F = typename S::F;
   const int64_t n = e.numel(), C = a.geo.channels;
   const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
@@ -96,7 +124,7 @@ void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const
     S::transpose(w);
     for (int j = 0; j < S::L && c0 + j < C; ++j) sums.add(w[j], S::load(a.fixed + (b * C + c0 + j) * n + v));
   }
-  gss_store_forward(a, e, b, v, s, sums);
+  gss_store_forward(a, e, b, v, s, sums, row_sum);
 }
 
 // The backward's per-lane coefficients (gss_coeffs) and the work of one
@@ -158,10 +186,10 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
   using E = typename S::E;
   constexpr int K = L::kCorners;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const F g = S::load(a.grad + b * n + v);
+  const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
+  const F g = gss_lane_grad(a, e, b, v, s);
   const typename S::M live = S::nonzero(g);  // masked-out voxels: nothing flows
   if (S::bits(live) == 0) return gss_dead_lanes<NDIM, S>(a, n, b, v);
-  const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const Corners<NDIM, S> q(s, e, live);
   // gathers read the moving features wherever the corner is inside (dead
   // lanes included: their results are discarded), scatters only live lanes
@@ -220,11 +248,11 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
   using F = typename S::F;
   constexpr int W = S::L;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const F g = S::load(a.grad + b * n + v);
+  const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
+  const F g = gss_lane_grad(a, e, b, v, s);
   const typename S::M live = S::nonzero(g);
   const unsigned live_bits = S::bits(live);
   if (live_bits == 0) return gss_dead_lanes<NDIM, S>(a, n, b, v);
-  const LinearLanes<NDIM, S> s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, live), target != nullptr);
   const float* base = mcl + b * n * cp;
   const int64_t ahead = prefetch_distance(e);
@@ -304,28 +332,48 @@ struct MovingChannelsLast {
   const float* data() const { return buffer.data(); }
 };
 
+// With a.mean each row of voxels sums its cosines (where the mask is 1) and
+// its mask; the rows' sums are added in row order (ItemSums).
 template <typename T>
 void gss_forward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    const int64_t batch = a.geo.batch, C = a.geo.channels;
-    if (!fits_int32(e)) {
-      for_voxels(batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
-      return;
-    }
-    if constexpr (std::is_same_v<T, float>) {
-      if (gss_channels_last(C)) {
-        const MovingChannelsLast mcl(a, e.numel());
-        for_rows<NDIM, T>(batch, e, a.num_threads, C,
-                          [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-                            gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), mcl.cp, e, b, c, v, x);
-                          });
+    const int64_t batch = a.geo.batch, C = a.geo.channels, W = e.size[NDIM - 1], per_batch = e.numel() / W;
+    const ItemSums rows(a.mean ? batch * per_batch : 0, 2);
+    const auto row_sum = [&](int64_t b, int64_t v) { return a.mean ? rows.of(b * per_batch + v / W) : nullptr; };
+    [&] {
+      if (!fits_int32(e)) {
+        if (!a.mean)
+          return for_voxels(batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
+        parallel_for(batch * per_batch, a.num_threads, [&](int64_t r) {
+          for_voxel_range(e, r * W, (r + 1) * W, [&](const Voxel<NDIM>& x) {
+            bool inside;
+            const double cos = gss_voxel_cosine(a, e, x, &inside);
+            rows.of(r)[0] += inside ? cos : 0.0;
+            rows.of(r)[1] += inside;
+          });
+        }, W * C);
         return;
       }
+      if constexpr (std::is_same_v<T, float>) {
+        if (gss_channels_last(C)) {
+          const MovingChannelsLast mcl(a, e.numel());
+          return for_rows<NDIM, T>(batch, e, a.num_threads, C,
+                                   [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                                     gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), mcl.cp, e, b, c, v, x,
+                                                                           row_sum(b, v));
+                                   });
+        }
+      }
+      for_rows<NDIM, T>(batch, e, a.num_threads, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+        gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x, row_sum(b, v));
+      });
+    }();
+    if (a.mean) {
+      const double count = rows.total(1);
+      a.cos[0] = store<T>(static_cast<acc_t<T>>(rows.total(0) / (count > 1e-6 ? count : 1e-6)));
+      a.mask[0] = store<T>(static_cast<acc_t<T>>(count));
     }
-    for_rows<NDIM, T>(batch, e, a.num_threads, C, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-      gss_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
-    });
   })
 }
 

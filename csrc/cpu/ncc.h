@@ -290,9 +290,7 @@ struct CpuNcc {
   void forward() const {
     size_t per_thread = 0;
     stage(0, tile, nullptr, per_thread);
-    // malloc, not std::vector: no other library's inline code in these kernels (kernels.h)
-    double* item_sums = a.mean ? static_cast<double*>(std::malloc(sizeof(double) * items())) : nullptr;
-    if (a.mean && !item_sums) throw std::bad_alloc();
+    const ItemSums item_sums(a.mean ? items() : 0, 1);
     for_items(per_thread, [&](int64_t item, int64_t v, int64_t x0, int64_t x1, int64_t z0, int64_t z1, char* ws) {
       size_t used = 0;
       BoxStage<A> s = stage(x0, x1, ws, used);
@@ -317,14 +315,9 @@ struct CpuNcc {
 #pragma omp simd
                 for (int64_t i = 0; i < s.width; ++i) ncc_store(load_sums(sums, s.width, i), a.kept_sums + o, fs, i);
             });
-      if (a.mean) item_sums[item] = item_sum;
+      if (a.mean) *item_sums.of(item) = item_sum;
     });
-    if (a.mean) {
-      double total = 0;
-      for (int64_t i = 0; i < items(); ++i) total += item_sums[i];
-      std::free(item_sums);
-      a.out[0] = store<T>(static_cast<A>(total / static_cast<double>(fs)));
-    }
+    if (a.mean) a.out[0] = store<T>(static_cast<A>(item_sums.total(0) / static_cast<double>(fs)));
   }
 
   // One stage over the gradients of the sums, which each row's fill

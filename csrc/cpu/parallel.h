@@ -131,6 +131,33 @@ class HostBuffer {
   size_t length_ = 0;
 };
 
+// `width` sums per work item, added up in item order at the end: a total
+// that does not depend on which thread ran which item. malloc, not
+// std::vector: no other library's inline code in these kernels (kernels.h).
+class ItemSums {
+ public:
+  ItemSums(int64_t items, int width) : items_(items), width_(width) {
+    if (items <= 0) return;
+    data_ = static_cast<double*>(std::calloc(static_cast<size_t>(items) * width, sizeof(double)));
+    if (!data_) throw std::bad_alloc();
+  }
+  ~ItemSums() { std::free(data_); }
+  ItemSums(const ItemSums&) = delete;
+  ItemSums& operator=(const ItemSums&) = delete;
+  // item i's sums (width of them, zero to start with)
+  double* of(int64_t i) const { return data_ + i * width_; }
+  double total(int k) const {
+    double t = 0;
+    for (int64_t i = 0; i < items_; ++i) t += data_[i * width_ + k];
+    return t;
+  }
+
+ private:
+  double* data_ = nullptr;
+  int64_t items_;
+  int width_;
+};
+
 // Zero-filled buffers, one per extra thread.
 template <typename G>
 struct ThreadBuffers {

@@ -338,7 +338,9 @@ class PairStep:
             mask = gemini_ops.warp(torch.ones_like(moving[:, :1]), ddf.detach(), "nearest")
             smooth = smooth + self.smoothness(ddf)
             gvs = gvs + self.gvs(gemini_ops.warp(moving, ddf), fixed, mask, window=self.gvs_window)
-            gss = gss + self.gss(f_moving, f_fixed, ddf, mask)
+            # GSS's own mask is this one (the sample point's nearest voxel is
+            # inside), and without one given the op sums the masked mean itself
+            gss = gss + self.gss(f_moving, f_fixed, ddf)
         return {"loss_smooth": w["smooth"] * smooth, "loss_gvs": w["gvs"] * gvs, "loss_gss": w["gss"] * gss}
 
 

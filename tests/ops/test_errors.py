@@ -379,13 +379,13 @@ RAW = [
     ),
     (
         "gss",
-        lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 3, 5, 6), f64(1, 2, 5, 6), 1e-8, 1.0, 1.0, 1.0),
+        lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 3, 5, 6), f64(1, 2, 5, 6), 1e-8, 1.0, 1.0, 1.0, False),
         ValueError,
         r"same shape",
     ),
     (
         "gss",
-        lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 5), 1e-8, 1.0, 1.0, 1.0),
+        lambda ns: ns.gss(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(1, 2, 5, 5), 1e-8, 1.0, 1.0, 1.0, True),
         ValueError,
         r"ddf must be",
     ),

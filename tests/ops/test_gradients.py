@@ -360,7 +360,8 @@ def test_second_outputs_take_no_gradient():
     outputs = (
         torch.ops.gemini.local_ncc(a, b, 3, True, 1e-5, True, False),
         torch.ops.gemini.integrate_velocity_with_fields(v, 5, 1, "zeros"),
-        torch.ops.gemini.gss(fm, ff, ddf, 1e-8, 1.0, 1.0, 1.0),
+        torch.ops.gemini.gss(fm, ff, ddf, 1e-8, 1.0, 1.0, 1.0, False),
+        torch.ops.gemini.gss(fm, ff, ddf, 1e-8, 1.0, 1.0, 1.0, True),
     )
     for first, second in outputs:
         assert first.requires_grad and not second.requires_grad

@@ -39,7 +39,8 @@ def _opcheck_cases(ns):
         ("warp-nearest-border", ops.warp.default, (x, d, "nearest", "border")),
         ("integrate_velocity", ops.integrate_velocity.default, (v, 3, "border")),
         ("integrate_velocity_with_fields", ops.integrate_velocity_with_fields.default, (v, 5, 2, "zeros")),
-        ("gss", ops.gss.default, (x, y, d, 1e-8, 0.1, 0.1, 1.0)),
+        ("gss", ops.gss.default, (x, y, d, 1e-8, 0.1, 0.1, 1.0, False)),
+        ("gss-mean", ops.gss.default, (x, y, d, 1e-8, 0.1, 0.1, 1.0, True)),
         ("local_ncc", ops.local_ncc.default, (x, y, 5, True, 1e-5, False, False)),
         ("local_ncc-keep_sums", ops.local_ncc.default, (x, y, 5, True, 1e-5, True, False)),
         ("local_ncc-mean", ops.local_ncc.default, (x, y, 5, False, 1e-5, True, True)),
@@ -55,6 +56,11 @@ def _opcheck_cases(ns):
             (v.detach(), v.detach(), ops.integrate_velocity_with_fields(v.detach(), 5, 2, "zeros")[1], 5, 2, "zeros"),
         ),
         ("gss_backward", ops.gss_backward.default, (g1, x.detach(), y.detach(), d.detach(), 1e-8, 1.0, 0.0, 1.0)),
+        (
+            "gss_backward-mean",
+            ops.gss_backward.default,
+            (g1[0, 0, 0, 0, 0], x.detach(), y.detach(), d.detach(), 1e-8, 1.0, 0.0, 1.0),
+        ),
         ("local_ncc_backward", ops.local_ncc_backward.default, (g, x.detach(), y.detach(), sums, *ncc, True, False)),
         (
             "local_ncc_backward-mean",

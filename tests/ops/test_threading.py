@@ -96,6 +96,21 @@ def test_gss_parallel_paths(channels, four_threads):
     _close(out, ref)
     for g, r in zip(_grads(out, (fm, ff, ddf), 5), _grads(ref, (fm, ff, ddf), 5)):
         _close(g, r)
+    # the masked mean, summed by the op row by row: the reference's, and the
+    # same bits on 1 and 3 threads (the rows' sums are added in row order)
+    means = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        ref_mean = (reference.gss_map(fm, ff, ddf) * reference.sample_mask(ddf)).sum() / reference.sample_mask(
+            ddf
+        ).sum()
+        mean = gemini_ops.gss_similarity(fm, ff, ddf)
+        assert mean.dim() == 0
+        _close(mean, ref_mean)
+        for g, r in zip(_grads(mean, (fm, ff, ddf), 7), _grads(ref_mean, (fm, ff, ddf), 7)):
+            _close(g, r)
+        means.append(mean.detach())
+    assert means[0].item() == means[1].item()
 
 
 def test_local_ncc_parallel_paths(four_threads):

@@ -152,9 +152,12 @@ struct GssArgs {
   const T* moving = nullptr;  // (B, C, *S)
   const T* fixed = nullptr;   // (B, C, *S)
   const T* ddf = nullptr;     // (B, ndim, *S)
-  T* cos = nullptr;           // forward (B, 1, *S)
-  T* mask = nullptr;          // forward (B, 1, *S)
-  const T* grad = nullptr;    // backward: d loss / d cos (B, 1, *S)
+  T* cos = nullptr;           // forward (B, 1, *S); with mean one value: the masked mean
+  T* mask = nullptr;          // forward (B, 1, *S); with mean one value: the mask's sum
+  const T* grad = nullptr;    // backward: d loss / d cos (B, 1, *S); with mean one value, for each voxel in the mask
+  // The mean over the voxels whose sample point counts (point_inside):
+  // sum(cos * mask) / max(sum(mask), 1e-6). Forward: CPU only (kFusedMean).
+  bool mean = false;
   double scale_moving = 1, scale_fixed = 1, scale_ddf = 1;
   acc_t<T>* grad_moving = nullptr;  // may be null; zeroed on entry unless kGssWritesMovingGrad (ops_impl.h)
   T* grad_fixed = nullptr;          // written, may be null

@@ -117,17 +117,25 @@ GEMINI_HD void warp_backward_fused_voxel(const WarpArgs<T>& a, const Extent<NDIM
 
 // ---- GSS -----------------------------------------------------------------
 
+// The cosine at voxel x, and whether its sample point counts (*inside).
 template <int NDIM, typename T>
-GEMINI_HD void gss_forward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x) {
+GEMINI_HD acc_t<T> gss_voxel_cosine(const GssArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x, bool* inside) {
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
-  const int64_t b = x.b, v = x.v, i = x.flat(n);
   A p[NDIM];
   sample_point<NDIM, T, A>(a.ddf, e, x, p);
   const Linear<NDIM, A> s(p, e, kZeros);
-  const GssVoxel<A> r = gss_sums(s, a.moving + b * C * n, a.fixed + b * C * n, C, n, v);
-  a.cos[i] = store<T>(gss_cosine(r, static_cast<A>(a.eps)));
-  a.mask[i] = store<T>(point_inside(p, e) ? A(1) : A(0));
+  *inside = point_inside(p, e);
+  return gss_cosine(gss_sums(s, a.moving + x.b * C * n, a.fixed + x.b * C * n, C, n, x.v), static_cast<A>(a.eps));
+}
+
+template <int NDIM, typename T>
+GEMINI_HD void gss_forward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, const Voxel<NDIM>& x) {
+  using A = acc_t<T>;
+  const int64_t i = x.flat(e.numel());
+  bool inside;
+  a.cos[i] = store<T>(gss_voxel_cosine(a, e, x, &inside));
+  a.mask[i] = store<T>(inside ? A(1) : A(0));
 }
 
 // Writes grad_fixed and grad_ddf of voxel i; scatters grad_moving into
@@ -139,7 +147,9 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, co
   using A = acc_t<T>;
   const int64_t n = e.numel(), C = a.geo.channels;
   const int64_t b = x.b, v = x.v, i = x.flat(n);
-  const A g = load<A>(a.grad[i]);
+  A p[NDIM];
+  sample_point<NDIM, T, A>(a.ddf, e, x, p);
+  const A g = !a.mean ? load<A>(a.grad[i]) : point_inside(p, e) ? load<A>(a.grad[0]) : A(0);
   A gd[NDIM];
   for (int k = 0; k < NDIM; ++k) gd[k] = A(0);
   if (coeffs) coeffs[0] = coeffs[1] = coeffs[2] = A(0);
@@ -147,8 +157,6 @@ GEMINI_HD void gss_backward_voxel(const GssArgs<T>& a, const Extent<NDIM>& e, co
     if (a.grad_fixed)
       for (int64_t c = 0; c < C; ++c) a.grad_fixed[(b * C + c) * n + v] = store<T>(A(0));
   } else {
-    A p[NDIM];
-    sample_point<NDIM, T, A>(a.ddf, e, x, p);
     const Linear<NDIM, A> s(p, e, kZeros);
     A dwt[Linear<NDIM, A>::kCorners][NDIM];
     s.dweights(dwt);
