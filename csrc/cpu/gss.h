@@ -25,6 +25,23 @@ namespace cpu {
 // more channels gather a second time.
 constexpr int kKeep = 32;
 
+// The fixed features of the lanes from a voxel, channel j at
+// fixed + j * stride, and where their gradient goes (grad: null when not
+// wanted): the planes of the tensors, or rows copied out of them.
+template <typename T>
+struct FixedAt {
+  const T* fixed;
+  T* grad;
+  int64_t stride;
+};
+
+// The planes of voxel v of batch b.
+template <typename T>
+FixedAt<T> fixed_planes(const GssArgs<T>& a, int64_t n, int64_t b, int64_t v) {
+  const int64_t at = b * a.geo.channels * n + v;
+  return {a.fixed + at, a.grad_fixed ? a.grad_fixed + at : nullptr, n};
+}
+
 // The cosine's sums over channels, per lane.
 template <class S>
 struct CosineSums {
@@ -108,9 +125,8 @@ void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, co
 // The forward on channel-innermost moving features mcl (cp values per
 // voxel): per block of S::L channels, each lane's sample is one vector, and
 // a transpose turns the lanes' vectors into one vector of lanes per channel.
-// fixed: the lanes' fixed features, channel j at fixed + j * fixed_stride.
 template <int NDIM, class S>
-void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const float* fixed, int64_t fixed_stride,
+void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const FixedAt<float>& fx,
                     const Extent<NDIM>& e, int64_t b, const int64_t* c, int64_t v, int64_t x, double* row_sum) {
   using F = typename S::F;
   const int64_t n = e.numel(), C = a.geo.channels;
@@ -124,7 +140,7 @@ void gss_forward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const
     F w[S::L];
     for (int l = 0; l < S::L; ++l) w[l] = lv.sample(l, base + c0, cp, nullptr);
     S::transpose(w);
-    for (int j = 0; j < S::L && c0 + j < C; ++j) sums.add(w[j], S::load(fixed + (c0 + j) * fixed_stride));
+    for (int j = 0; j < S::L && c0 + j < C; ++j) sums.add(w[j], S::load(fx.fixed + (c0 + j) * fx.stride));
   }
   gss_store_forward(a, e, b, v, s, sums, row_sum);
 }
@@ -152,10 +168,10 @@ struct GssLaneBackward {
     sf = S::set(static_cast<E>(a.scale_fixed));
   }
   template <int NDIM>
-  F channel(int64_t plane, int64_t v, F w, const F* dv, F* gd) const {
-    const F f = S::load(a.fixed + plane + v);
+  F channel(const FixedAt<T>& fx, int64_t j, F w, const F* dv, F* gd) const {
+    const F f = S::load(fx.fixed + j * fx.stride);
     const F dw = kw1 * f - kw2 * w;
-    if (a.grad_fixed) S::store(a.grad_fixed + plane + v, S::select(live, sf * (kw1 * w - kf2 * f), S::set(E(0))));
+    if (fx.grad) S::store(fx.grad + j * fx.stride, S::select(live, sf * (kw1 * w - kf2 * f), S::set(E(0))));
     for (int k = 0; k < NDIM; ++k) gd[k] = S::fma(dw, dv[k], gd[k]);
     return sm * dw;
   }
@@ -163,11 +179,11 @@ struct GssLaneBackward {
 
 // Lanes none of whose voxels carries a gradient: zero gradients, nothing scattered.
 template <int NDIM, class S, typename T>
-void gss_dead_lanes(const GssArgs<T>& a, int64_t n, int64_t b, int64_t v) {
+void gss_dead_lanes(const GssArgs<T>& a, const FixedAt<T>& fx, int64_t n, int64_t b, int64_t v) {
   const typename S::F zero = S::set(typename S::E(0));
   const int64_t C = a.geo.channels;
-  if (a.grad_fixed)
-    for (int64_t ch = 0; ch < C; ++ch) S::store(a.grad_fixed + (b * C + ch) * n + v, zero);
+  if (fx.grad)
+    for (int64_t ch = 0; ch < C; ++ch) S::store(fx.grad + ch * fx.stride, zero);
   if (a.grad_ddf)
     for (int k = 0; k < NDIM; ++k) S::store(a.grad_ddf + (b * NDIM + k) * n + v, zero);
 }
@@ -191,7 +207,8 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
   const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const F g = gss_lane_grad(a, e, b, v, s);
   const typename S::M live = S::nonzero(g);  // masked-out voxels: nothing flows
-  if (S::bits(live) == 0) return gss_dead_lanes<NDIM, S>(a, n, b, v);
+  const FixedAt<T> fx = fixed_planes(a, n, b, v);
+  if (S::bits(live) == 0) return gss_dead_lanes<NDIM, S>(a, fx, n, b, v);
   const Corners<NDIM, S> q(s, e, live);
   // gathers read the moving features wherever the corner is inside (dead
   // lanes included: their results are discarded), scatters only live lanes
@@ -234,7 +251,7 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
     for (int j = 0; j < block; ++j) {
       F dv[NDIM];
       const F w = warped(c0 + j, dv);
-      gm[j] = lane.template channel<NDIM>((b * C + c0 + j) * n, v, w, dv, gd);
+      gm[j] = lane.template channel<NDIM>(fx, c0 + j, w, dv, gd);
     }
     if (target) scatter.add(target + (b * C + c0) * n, n, block, gm, w8);
   }
@@ -245,8 +262,8 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
 // gradient scattered into target with the same layout (when not null). Only
 // live lanes are sampled: a dead lane's results would be discarded.
 template <int NDIM, class S>
-void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const Extent<NDIM>& e, int64_t b,
-                     const int64_t* c, int64_t v, int64_t x, float* target) {
+void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, const FixedAt<float>& fx,
+                     const Extent<NDIM>& e, int64_t b, const int64_t* c, int64_t v, int64_t x, float* target) {
   using F = typename S::F;
   constexpr int W = S::L;
   const int64_t n = e.numel(), C = a.geo.channels;
@@ -254,7 +271,7 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
   const F g = gss_lane_grad(a, e, b, v, s);
   const typename S::M live = S::nonzero(g);
   const unsigned live_bits = S::bits(live);
-  if (live_bits == 0) return gss_dead_lanes<NDIM, S>(a, n, b, v);
+  if (live_bits == 0) return gss_dead_lanes<NDIM, S>(a, fx, n, b, v);
   const LaneVoxels<NDIM, S> lv(s, Corners<NDIM, S>(s, e, live), target != nullptr);
   const float* base = mcl + b * n * cp;
   const int64_t ahead = prefetch_distance(e);
@@ -284,7 +301,7 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
     F w[W], dv[W][NDIM];
     block(c0, w, dv);
     for (int j = 0; j < W && c0 + j < C; ++j) {
-      sums.add(w[j], S::load(a.fixed + (b * C + c0 + j) * n + v));
+      sums.add(w[j], S::load(fx.fixed + (c0 + j) * fx.stride));
       if (c0 + j < kKeep) {
         kept_w[c0 + j] = w[j];
         for (int k = 0; k < NDIM; ++k) kept_dv[c0 + j][k] = dv[j][k];
@@ -305,7 +322,7 @@ void gss_backward_cl(const GssArgs<float>& a, const float* mcl, int64_t cp, cons
       }
       const F wj = ch < kKeep ? kept_w[ch] : w[j];
       const F* dvj = ch < kKeep ? kept_dv[ch] : dv[j];
-      gm[j] = lane.template channel<NDIM>((b * C + ch) * n, v, wj, dvj, gd);
+      gm[j] = lane.template channel<NDIM>(fx, ch, wj, dvj, gd);
     }
     if (target) {
       S::transpose(gm);
@@ -336,6 +353,47 @@ struct MovingChannelsLast {
 
 // With a.mean each row of voxels sums its cosines (where the mask is 1) and
 // its mask; the rows' sums are added in row order (ItemSums).
+// The fixed features of a row of voxels, copied to `slots` rows (C, W) of
+// the kernel's own, and room for their gradient (with_grad), copied back out
+// to grad_fixed. The planes of the channels lie n floats apart; at 64^3
+// (n = 2^18) reading the 16 channels' rows in step cost the AVX2 forward
+// about 10 ns a voxel on one thread (46 against 31 ns with rows of 72,
+// which break the alignment).
+struct StagedRows {
+  int64_t C, W, n, per_batch;
+  bool with_grad;
+  HostBuffer<float> buffer;
+  template <int NDIM>
+  StagedRows(const GssArgs<float>& a, const Extent<NDIM>& e, int slots, bool grad)
+      : C(a.geo.channels),
+        W(e.size[NDIM - 1]),
+        n(e.numel()),
+        per_batch(n / W),
+        with_grad(grad),
+        buffer(slots * (grad ? 2 : 1) * C * W, false) {}
+  // row r's fixed features in slot t; voxel x of the row at FixedAt::at(x)
+  FixedAt<float> load(const GssArgs<float>& a, int t, int64_t r) const {
+    float* fixed = buffer.data() + t * (with_grad ? 2 : 1) * C * W;
+    const float* from = a.fixed + first(r);
+    for (int64_t ch = 0; ch < C; ++ch) std::memcpy(fixed + ch * W, from + ch * n, W * sizeof(float));
+    return {fixed, with_grad ? fixed + C * W : nullptr, W};
+  }
+  void store_grad(const GssArgs<float>& a, const FixedAt<float>& row, int64_t r) const {
+    float* to = a.grad_fixed + first(r);
+    for (int64_t ch = 0; ch < C; ++ch) std::memcpy(to + ch * n, row.grad + ch * W, W * sizeof(float));
+  }
+  // the flat index of channel 0 of row r's first voxel
+  int64_t first(int64_t r) const {
+    const int64_t b = r / per_batch;
+    return b * C * n + (r - b * per_batch) * W;
+  }
+};
+
+// FixedAt of voxel x of a row staged at `row`.
+inline FixedAt<float> at_voxel(const FixedAt<float>& row, int64_t x) {
+  return {row.fixed + x, row.grad ? row.grad + x : nullptr, row.stride};
+}
+
 template <typename T>
 void gss_forward(const GssArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
@@ -359,22 +417,15 @@ void gss_forward(const GssArgs<T>& a) {
       }
       if constexpr (std::is_same_v<T, float>) {
         if (gss_channels_last(C)) {
-          // Each row's fixed features are first copied to a row of the
-          // thread's own (C, W): the planes of the channels lie n floats
-          // apart, and at 64^3 (n = 2^18) reading the 16 channels' rows in
-          // step cost the AVX2 forward about 10 ns a voxel (one thread: 46
-          // against 31 ns with rows of 72, which break the alignment).
           const MovingChannelsLast mcl(a, n);
           const int nt = threads_for(batch * n, a.num_threads);
-          const HostBuffer<float> staged(int64_t(nt) * C * W, false);
+          const StagedRows staged(a, e, nt, false);
           return for_ranges(batch * per_batch, nt, [&](int64_t r0, int64_t r1, int t) {
-            float* fixed = staged.data() + t * C * W;
             for (int64_t r = r0; r < r1; ++r) {
-              const int64_t b = r / per_batch, v0 = (r - b * per_batch) * W;
-              for (int64_t ch = 0; ch < C; ++ch) std::memcpy(fixed + ch * W, a.fixed + (b * C + ch) * n + v0, W * 4);
-              for_row<NDIM, T>(e, r, [&](auto lanes, int64_t b_, const int64_t* c, int64_t v, int64_t x) {
-                gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), mcl.cp, fixed + x, W, e, b_, c, v, x,
-                                                      row_sum(b_, v));
+              const FixedAt<float> row = staged.load(a, t, r);
+              for_row<NDIM, T>(e, r, [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+                gss_forward_cl<NDIM, decltype(lanes)>(a, mcl.data(), mcl.cp, at_voxel(row, x), e, b, c, v, x,
+                                                      row_sum(b, v));
               });
             }
           });
@@ -411,26 +462,19 @@ void gss_backward_voxels(const GssArgs<T>& a, const Extent<NDIM>& e) {
                             });
 }
 
-// The row kernels' backward: the moving-feature gradient scattered (slabs
-// or per-thread buffers, see lanes.h) into `out` (items * values_per_item
-// values), by lanes(lanes_tag, b, coords, v, x, target).
-template <int NDIM, typename T, typename G, typename Lanes>
-void gss_backward_rows(const GssArgs<T>& a, const Extent<NDIM>& e, G* out, int64_t out_numel, Lanes&& lanes) {
+// The row kernels' backward: rows(r0, r1, target) over the rows of the
+// batch, the moving-feature gradient scattered (slabs or per-thread buffers,
+// see lanes.h) into `out` (items * values_per_item values; target null
+// without it).
+template <int NDIM, typename T, typename G, typename Rows>
+void gss_backward_rows(const GssArgs<T>& a, const Extent<NDIM>& e, G* out, int64_t out_numel, Rows&& rows) {
   const int64_t items = a.geo.batch * e.numel();
   const int nt = threads_for(items, a.num_threads);
   if (out)
-    scatter_rows(FirstAxis<T>{a.ddf, NDIM * e.numel()}, a.geo.batch, e, nt, out, out_numel,
-                 [&](int64_t r0, int64_t r1, G* into) {
-                   for (int64_t r = r0; r < r1; ++r)
-                     for_row<NDIM, T>(e, r, [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-                       lanes(tag, b, c, v, x, into);
-                     });
-                 });
+    scatter_rows(FirstAxis<T>{a.ddf, NDIM * e.numel()}, a.geo.batch, e, nt, out, out_numel, rows);
   else
-    for_rows<NDIM, T>(a.geo.batch, e, nt, a.geo.channels,
-                      [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
-                        lanes(tag, b, c, v, x, static_cast<G*>(nullptr));
-                      });
+    for_ranges(items / e.size[NDIM - 1], nt,
+               [&](int64_t r0, int64_t r1, int) { rows(r0, r1, static_cast<G*>(nullptr)); });
 }
 
 // grad_moving may start uninitialised (kGssWritesMovingGrad in ops_impl.h):
@@ -454,19 +498,27 @@ void gss_backward(const GssArgs<T>& a) {
         const MovingChannelsLast mcl(a, n);
         const int64_t cp = mcl.cp;
         const HostBuffer<float> gcl(a.grad_moving ? batch * n * cp : 0, true);
-        gss_backward_rows(a, e, gcl.data(), batch * n * cp,
-                          [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, float* into) {
-                            gss_backward_cl<NDIM, decltype(tag)>(a, mcl.data(), cp, e, b, c, v, x, into);
-                          });
+        gss_backward_rows(a, e, gcl.data(), batch * n * cp, [&](int64_t r0, int64_t r1, float* into) {
+          const StagedRows staged(a, e, 1, a.grad_fixed != nullptr);
+          for (int64_t r = r0; r < r1; ++r) {
+            const FixedAt<float> row = staged.load(a, 0, r);
+            for_row<NDIM, T>(e, r, [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+              gss_backward_cl<NDIM, decltype(tag)>(a, mcl.data(), cp, at_voxel(row, x), e, b, c, v, x, into);
+            });
+            if (row.grad) staged.store_grad(a, row, r);
+          }
+        });
         if (gcl.data()) convert_channels<true>(gcl.data(), a.grad_moving, batch, C, n, a.num_threads);
         return;
       }
     }
     zero_grad_moving();
-    gss_backward_rows(a, e, a.grad_moving, batch * C * n,
-                      [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x, T* into) {
-                        gss_backward_lanes<NDIM, decltype(tag)>(a, e, b, c, v, x, into);
-                      });
+    gss_backward_rows(a, e, a.grad_moving, batch * C * n, [&](int64_t r0, int64_t r1, acc_t<T>* into) {
+      for (int64_t r = r0; r < r1; ++r)
+        for_row<NDIM, T>(e, r, [&](auto tag, int64_t b, const int64_t* c, int64_t v, int64_t x) {
+          gss_backward_lanes<NDIM, decltype(tag)>(a, e, b, c, v, x, into);
+        });
+    });
   })
 }
 
