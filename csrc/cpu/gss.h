@@ -371,7 +371,7 @@ struct StagedRows {
         per_batch(n / W),
         with_grad(grad),
         buffer(slots * (grad ? 2 : 1) * C * W, false) {}
-  // row r's fixed features in slot t; voxel x of the row at FixedAt::at(x)
+  // row r's fixed features, copied to slot t (voxel x of the row: at_voxel)
   FixedAt<float> load(const GssArgs<float>& a, int t, int64_t r) const {
     float* fixed = buffer.data() + t * (with_grad ? 2 : 1) * C * W;
     const float* from = a.fixed + first(r);
