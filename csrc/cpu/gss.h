@@ -12,7 +12,6 @@
 // code of voxel_ops.h with a coefficient buffer.
 #pragma once
 
-#include <cstring>
 #include <type_traits>
 
 #include "lanes.h"
@@ -375,12 +374,22 @@ struct StagedRows {
   FixedAt<float> load(const GssArgs<float>& a, int t, int64_t r) const {
     float* fixed = buffer.data() + t * (with_grad ? 2 : 1) * C * W;
     const float* from = a.fixed + first(r);
-    for (int64_t ch = 0; ch < C; ++ch) std::memcpy(fixed + ch * W, from + ch * n, W * sizeof(float));
+    // the next row's lines arrive while this row is computed
+    for (int64_t ch = 0; ch < C; ++ch)
+      for (int64_t j = 0; j < W; j += kLineFloats) prefetch_at<0>(from, ch * n + W + j);
+    for (int64_t ch = 0; ch < C; ++ch) copy_row(fixed + ch * W, from + ch * n);
     return {fixed, with_grad ? fixed + C * W : nullptr, W};
   }
   void store_grad(const GssArgs<float>& a, const FixedAt<float>& row, int64_t r) const {
     float* to = a.grad_fixed + first(r);
-    for (int64_t ch = 0; ch < C; ++ch) std::memcpy(to + ch * n, row.grad + ch * W, W * sizeof(float));
+    for (int64_t ch = 0; ch < C; ++ch) copy_row(to + ch * n, row.grad + ch * W);
+  }
+  // W floats, inline: a call of memcpy per channel and row cost more than the copy
+  void copy_row(float* to, const float* from) const {
+    using V = typename simd::Widest<float>::type;
+    int64_t x = 0;
+    for (; x + V::L <= W; x += V::L) V::store(to + x, V::load(from + x));
+    for (; x < W; ++x) to[x] = from[x];
   }
   // the flat index of channel 0 of row r's first voxel
   int64_t first(int64_t r) const {
