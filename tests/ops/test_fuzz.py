@@ -92,9 +92,12 @@ def _compare(ours, oracle, dtype, seed, names, floors=None):
     float64: within 1e-10 of the float64 oracle. float32: within 1e-5 of the
     float64 oracle, or, where the problem is ill-conditioned in float32 (the
     float32 oracle itself is further off: a sample point that rounding moves
-    across a cell boundary, a near-zero feature norm), no more than twice as far
-    off as the float32 oracle. ``floors``: the natural scale of each quantity
-    where the exact result may vanish (see opsutil.rel_error)."""
+    across a cell boundary, a near-zero feature norm), no more than four times
+    as far off as the float32 oracle: another float32 formula rounds
+    differently (the reference backend's GSS gradient, C=2, a (6, 1) grid:
+    1.21e-5 where the oracle's was 4.1e-6), while a wrong result is off by
+    orders of magnitude. ``floors``: the natural scale of each quantity where
+    the exact result may vanish (see opsutil.rel_error)."""
     exact = oracle(torch.float64)
     approx = oracle(torch.float32) if dtype == torch.float32 else None
     floors = floors or [0.0] * len(names)
@@ -105,7 +108,7 @@ def _compare(ours, oracle, dtype, seed, names, floors=None):
         tol = RTOL[dtype]
         if approx is not None:
             x = approx[0] if k == 0 else approx[1][k - 1]
-            tol = max(tol, 2 * rel_error(x, e, floor))
+            tol = max(tol, 4 * rel_error(x, e, floor))
         assert err <= tol, f"{name}: relative error {err:.3g} > {tol:.3g} ({dtype})"
 
 
