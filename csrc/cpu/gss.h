@@ -110,13 +110,14 @@ void gss_forward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, co
   const L s = sample_lanes<NDIM, S>(a.ddf, kZeros, e, b, c, v, x);
   const Corners<NDIM, S> q(s, e, S::all_lanes());
   const int64_t ahead = prefetch_distance(e);
+  const FixedAt<T> fx = fixed_planes(a, n, b, v);
   CosineSums<S> sums;
   for (int64_t ch = 0; ch < C; ++ch) {
     const int64_t plane = (b * C + ch) * n;
     s.template prefetch<0>(a.moving + plane, q.coff, ahead);
     F vals[L::kCorners];
     s.gather(a.moving + plane, q.coff, q.mask, vals);
-    sums.add(s.interpolate(vals, nullptr), S::load(a.fixed + plane + v));
+    sums.add(s.interpolate(vals, nullptr), S::load(fx.fixed + ch * fx.stride));
   }
   gss_store_forward(a, e, b, v, s, sums, row_sum);
 }
@@ -236,7 +237,7 @@ void gss_backward_lanes(const GssArgs<T>& a, const Extent<NDIM>& e, int64_t b, c
       kept[ch][0] = w;
       for (int k = 0; k < NDIM; ++k) kept[ch][k + 1] = dv[k];
     }
-    sums.add(w, S::load(a.fixed + plane + v));
+    sums.add(w, S::load(fx.fixed + ch * fx.stride));
   }
   const GssLaneBackward<S, T> lane(a, g, live, sums);
   F w8[K];
