@@ -45,6 +45,11 @@ TORCH_LIBRARY(gemini, m) {
   m.def("cpu_capability() -> str", []() { return std::string(gemini::isa::name(gemini::isa::active())); });
   m.def("set_cpu_capability(str capability) -> str",
         [](const std::string& c) { return gemini::isa::set_capability(c); });
+  // planes of this many voxels or more take the per-voxel CPU code (see
+  // gemini/params.h); lowered by tests only
+  m.def("row_kernel_voxels() -> int", []() { return gemini::row_kernel_voxels(); });
+  m.def("set_row_kernel_voxels(int voxels) -> int",
+        [](int64_t voxels) { return gemini::set_row_kernel_voxels(voxels); });
   // the host pages kept for reuse (see gemini/host_pages.h): unmapped, and their bytes
   m.def("empty_cache() -> int", []() { return static_cast<int64_t>(gemini::release_cached_host_pages()); });
   m.def("cached_bytes() -> int", []() { return static_cast<int64_t>(gemini::cached_host_page_bytes()); });

@@ -31,7 +31,6 @@ struct CudaPolicy {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::empty(sizes, o); }
   static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return at::zeros(sizes, o); }
   static constexpr bool kHalfTypes = true;
-  static constexpr bool kCpuScratch = false;
   static constexpr bool kGssWritesMovingGrad = false;
   static constexpr bool kNccBuffers = true;
   static constexpr bool kInterleavedLevels = false;

@@ -4,8 +4,7 @@
 // (forward, and a backward from saved or recomputed fields).
 //
 // Policy provides: Guard (device guard from a tensor), stream(tensor),
-// kHalfTypes (dispatch half types too), kCpuScratch (the CPU GSS backward's
-// coefficient buffer), kNccBuffers (the two full-size buffers of the NCC
+// kHalfTypes (dispatch half types too), kNccBuffers (the two full-size buffers of the NCC
 // passes; the CPU kernels fuse the passes and need none),
 // kInterleavedLevels (the CPU squaring steps' layout, see Levels),
 // kGssWritesMovingGrad (the GSS backward writes every value of the
@@ -203,7 +202,7 @@ struct Ops {
         : geo(geometry_of(velocity)),
           options(velocity.options().dtype(acc_dtype(velocity.scalar_type()))),
           interleaved(Policy::kInterleavedLevels && geo.ndim == 3 && options.dtype() == at::kFloat &&
-                      geo.nvox() < kRowKernelVoxels),
+                      geo.nvox() < row_kernel_voxels()),
           level_shape(velocity.sizes().vec()),
           field_shape(velocity.sizes().vec()) {
       if (interleaved) level_shape = {geo.batch, geo.size[0], geo.size[1], geo.size[2], 4};
@@ -484,8 +483,6 @@ struct Ops {
                                                    : Policy::zeros(fm.sizes(), fm.options().dtype(acc));
     at::Tensor gf = scale_fixed != 0 ? Policy::empty(ff.sizes(), ff.options()) : empty_result(ff);
     at::Tensor gd = scale_ddf != 0 ? Policy::empty(ddf.sizes(), ddf.options()) : empty_result(ddf);
-    at::Tensor scratch;
-    if (Policy::kCpuScratch && scale_moving != 0) scratch = Policy::empty({3 * grad.numel()}, fm.options().dtype(acc));
     dispatch(fm.scalar_type(), [&](auto tag) {
       using K = decltype(tag);
       GssArgs<K> a = gss_args<K>(fm, ff, ddf, eps);
@@ -497,7 +494,6 @@ struct Ops {
       a.grad_moving = mptr<acc_t<K>>(gm);
       a.grad_fixed = mptr<K>(gf);
       a.grad_ddf = mptr<K>(gd);
-      a.scratch = mptr<acc_t<K>>(scratch);
       Backend::gss_backward(a, Policy::stream(fm));
     });
     if (gm.numel() && gm.scalar_type() != fm.scalar_type()) gm = gm.to(fm.scalar_type());
@@ -666,7 +662,6 @@ struct HostPolicy {
   static at::Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& o) { return host_tensor(sizes, o, true); }
   static void* stream(const at::Tensor&) { return nullptr; }
   static constexpr bool kHalfTypes = false;
-  static constexpr bool kCpuScratch = true;
   static constexpr bool kGssWritesMovingGrad = true;
   static constexpr bool kNccBuffers = false;
   static constexpr bool kInterleavedLevels = true;
@@ -676,7 +671,6 @@ struct HostPolicy {
 // The emulated CUDA kernels scatter with atomics and need no coefficient
 // buffer; they run the NCC passes one by one, through the two buffers.
 struct EmulatedPolicy : HostPolicy {
-  static constexpr bool kCpuScratch = false;
   static constexpr bool kGssWritesMovingGrad = false;
   static constexpr bool kNccBuffers = true;
   static constexpr bool kInterleavedLevels = false;

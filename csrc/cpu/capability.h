@@ -54,4 +54,9 @@ const Kernels& active_kernels();
 std::string set_capability(const std::string& requested);
 
 }  // namespace isa
+
+// Sets row_kernel_voxels() (gemini/params.h), 1 to kRowKernelVoxels, and
+// returns it. For tests of the per-voxel code.
+int64_t set_row_kernel_voxels(int64_t voxels);
+
 }  // namespace gemini

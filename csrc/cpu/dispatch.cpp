@@ -96,6 +96,19 @@ std::string set_capability(const std::string& requested) {
 
 }  // namespace isa
 
+namespace {
+std::atomic<int64_t> g_row_kernel_voxels{kRowKernelVoxels};
+}  // namespace
+
+int64_t row_kernel_voxels() { return g_row_kernel_voxels.load(std::memory_order_relaxed); }
+
+int64_t set_row_kernel_voxels(int64_t voxels) {
+  TORCH_CHECK_VALUE(voxels >= 1 && voxels <= kRowKernelVoxels, "gemini: set_row_kernel_voxels: voxels must be in [1, ",
+                    kRowKernelVoxels, "], got ", voxels);
+  g_row_kernel_voxels.store(voxels, std::memory_order_relaxed);
+  return voxels;
+}
+
 template <typename T>
 void CpuBackend::warp_forward(const WarpArgs<T>& a, void*) {
   isa::active_kernels().of<T>().warp_forward(a);

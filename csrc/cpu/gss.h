@@ -412,7 +412,7 @@ void gss_forward(const GssArgs<T>& a) {
     const ItemSums rows(a.mean ? batch * per_batch : 0, 2);
     const auto row_sum = [&](int64_t b, int64_t v) { return a.mean ? rows.of(b * per_batch + v / W) : nullptr; };
     [&] {
-      if (!fits_int32(e)) {
+      if (!row_kernels_take(e)) {
         if (!a.mean)
           return for_voxels(batch, e, a.num_threads, [&](const Voxel<NDIM>& x) { gss_forward_voxel(a, e, x); });
         parallel_for(batch * per_batch, a.num_threads, [&](int64_t r) {
@@ -454,12 +454,14 @@ void gss_forward(const GssArgs<T>& a) {
 }
 
 // The per-voxel path: gathers, then the moving-feature scatter from three
-// stored coefficients per voxel.
+// coefficients per voxel, kept in a buffer of the batch's voxels (the
+// gradient may be one value, the mean's).
 template <int NDIM, typename T>
 void gss_backward_voxels(const GssArgs<T>& a, const Extent<NDIM>& e) {
   using A = acc_t<T>;
   const int64_t items = a.geo.batch * e.numel(), n = e.numel();
-  A* coeffs = a.grad_moving ? a.scratch : nullptr;
+  const HostBuffer<A> kept(a.grad_moving ? 3 * items : 0, false);
+  A* coeffs = kept.data();
   for_voxels(a.geo.batch, e, a.num_threads, [&](const Voxel<NDIM>& x) {
     gss_backward_voxel(a, e, x, static_cast<A*>(nullptr), coeffs ? coeffs + 3 * x.flat(n) : nullptr, PlainAdd());
   });
@@ -498,7 +500,7 @@ void gss_backward(const GssArgs<T>& a) {
     const auto zero_grad_moving = [&] {
       if (a.grad_moving) zero_fill(a.grad_moving, batch * C * n, a.num_threads);
     };
-    if (!fits_int32(e)) {
+    if (!row_kernels_take(e)) {
       zero_grad_moving();
       gss_backward_voxels(a, e);
       return;

@@ -28,10 +28,11 @@ namespace gemini {
 GEMINI_ISA_BEGIN
 namespace cpu {
 
-// int32 offsets within a plane (corners reach one plane past each side)
+// The row kernels take planes below the limit (int32 offsets within a
+// plane); larger ones take the per-voxel code.
 template <int NDIM>
-bool fits_int32(const Extent<NDIM>& e) {
-  return e.numel() < kRowKernelVoxels;
+bool row_kernels_take(const Extent<NDIM>& e) {
+  return e.numel() < row_kernel_voxels();
 }
 
 // Linear interpolation of the corner values v (corner c takes the upper

@@ -135,7 +135,7 @@ template <typename T>
 void warp_forward(const WarpArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    if (a.mode != kNearest && fits_int32(e)) {
+    if (a.mode != kNearest && row_kernels_take(e)) {
       for_rows<NDIM, T>(a.geo.batch, e, a.num_threads, a.geo.channels,
                         [&](auto lanes, int64_t b, const int64_t* c, int64_t v, int64_t x) {
                           warp_forward_lanes<NDIM, decltype(lanes)>(a, e, b, c, v, x);
@@ -150,7 +150,7 @@ template <typename T>
 void warp_backward(const WarpArgs<T>& a) {
   GEMINI_DISPATCH_NDIM(a.geo.ndim, {
     const Extent<NDIM> e = make_extent<NDIM>(a.geo.size);
-    if (a.mode != kNearest && fits_int32(e))
+    if (a.mode != kNearest && row_kernels_take(e))
       warp_backward_rows(a, e);
     else
       warp_backward_voxels(a, e);

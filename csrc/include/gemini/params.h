@@ -29,6 +29,10 @@ namespace gemini {
 // plane past each side): planes of this many voxels or more take the
 // per-voxel code.
 constexpr int64_t kRowKernelVoxels = int64_t(1) << 29;
+// The limit in force (csrc/cpu/dispatch.cpp): kRowKernelVoxels unless
+// torch.ops.gemini.set_row_kernel_voxels lowered it, so that tests run the
+// per-voxel code on small planes (it otherwise needs 2 GiB a channel).
+int64_t row_kernel_voxels();
 
 // Loads and stores between a tensor's element type and the accumulation
 // type; explicit because torch builds CUDA code without the implicit half
@@ -162,7 +166,6 @@ struct GssArgs {
   acc_t<T>* grad_moving = nullptr;  // may be null; zeroed on entry unless kGssWritesMovingGrad (ops_impl.h)
   T* grad_fixed = nullptr;          // written, may be null
   T* grad_ddf = nullptr;            // written, may be null
-  acc_t<T>* scratch = nullptr;      // CPU backward: 3 values per voxel
   int num_threads = 1;
 };
 

@@ -1,0 +1,109 @@
+"""The CPU's per-voxel code against the reference: warp, velocity
+integration and GSS take it for planes of 2^29 voxels or more (the row
+kernels index a plane with int32 offsets), 2 GiB a channel, which no test
+can afford. ``torch.ops.gemini.set_row_kernel_voxels`` lowers that limit, so
+these small planes run it: forward and backward, the GSS mean summed row by
+row, 2D and 3D, float32 and float64, on one and three threads, on every
+instruction set the CPU has (the per-voxel code is compiled for each)."""
+
+import pytest
+import torch
+from opsutil import assert_rel_close, avoid_ties, have, randn, random_ddf, smooth_field
+from test_dispatch import PATHS, SUPPORTED
+
+import gemini_ops
+from gemini_ops import reference
+
+pytestmark = pytest.mark.skipif(not have("compiled"), reason="needs the compiled library")
+
+LIMIT = 2**29
+SHAPES = {2: (9, 13), 3: (7, 6, 11)}
+
+
+@pytest.fixture(params=PATHS)
+def per_voxel(request):
+    """Every plane takes the per-voxel code, on instruction set `param`."""
+    if request.param not in SUPPORTED:
+        pytest.skip(f"this CPU lacks {request.param}")
+    ops = torch.ops.gemini
+    before = ops.cpu_capability()
+    ops.set_cpu_capability(request.param)
+    assert ops.set_row_kernel_voxels(1) == 1
+    yield request.param
+    ops.set_row_kernel_voxels(LIMIT)
+    ops.set_cpu_capability(before)
+
+
+@pytest.fixture(params=[1, 3])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _grads(out, inputs, seed):
+    w = randn(out.shape, torch.float64, seed).to(out.dtype) if out.dim() else torch.ones((), dtype=out.dtype)
+    return torch.autograd.grad((out * w).sum(), inputs)
+
+
+def _check(out, ref, leaves, ref_leaves, dtype, factor, what):
+    assert_rel_close(out, ref, dtype, factor=factor, what=what + " forward")
+    for k, (g, r) in enumerate(zip(_grads(out, leaves, 5), _grads(ref, ref_leaves, 5))):
+        assert_rel_close(g, r, dtype, factor=factor, what=f"{what} grad {k}")
+
+
+def _leaves(tensors):
+    return [t.clone().requires_grad_() for t in tensors], [t.double().requires_grad_() for t in tensors]
+
+
+def test_limit_default_and_checked():
+    ops = torch.ops.gemini
+    assert ops.row_kernel_voxels() == LIMIT
+    for bad in (0, -3, LIMIT + 1):
+        with pytest.raises(ValueError, match=r"set_row_kernel_voxels: voxels must be in \[1, 536870912\]"):
+            ops.set_row_kernel_voxels(bad)
+    assert ops.row_kernel_voxels() == LIMIT
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_warp(per_voxel, threads, ndim, dtype, padding):
+    spatial = SHAPES[ndim]
+    (image, ddf), refs = _leaves([randn((2, 3, *spatial), dtype, 1), random_ddf(2, ndim, spatial, dtype, 2)])
+    out = gemini_ops.warp(image, ddf, "bilinear", padding)
+    ref = reference.warp(*refs, "bilinear", padding)
+    _check(out, ref, (image, ddf), refs, dtype, 4.0, f"{per_voxel} warp")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_integrate(per_voxel, threads, ndim, padding):
+    """3D float32 included: its squaring steps leave the interleaved levels
+    for warps of the field by itself."""
+    spatial = SHAPES[ndim]
+    (v,), (rv,) = _leaves([smooth_field(1, ndim, spatial, 3, max_abs=3.0, dtype=torch.float32)])
+    out = gemini_ops.integrate_velocity(v, 4, padding)
+    ref = reference.integrate_velocity(rv, 4, padding)
+    _check(out, ref, (v,), (rv,), torch.float32, 20.0, f"{per_voxel} integrate")
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_gss(per_voxel, threads, ndim, dtype, channels):
+    """The map and the fused mean (the sums of each row of voxels added in
+    row order); 16 float32 channels would take the channel-innermost row
+    kernels below the limit."""
+    spatial = SHAPES[ndim]
+    ddf = avoid_ties(randn((2, ndim, *spatial), torch.float64, 6, 2.5)).to(dtype)
+    fm, ff = randn((2, channels, *spatial), dtype, 7), randn((2, channels, *spatial), dtype, 8)
+    (fm, ff, ddf), refs = _leaves([fm, ff, ddf])
+    mask = reference.sample_mask(refs[2])
+    out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+    _check(out, reference.gss_map(*refs) * mask, (fm, ff, ddf), refs, dtype, 10.0, f"{per_voxel} gss map")
+    mean = gemini_ops.gss_similarity(fm, ff, ddf)
+    assert mean.dim() == 0
+    ref_mean = (reference.gss_map(*refs) * mask).sum() / mask.sum()
+    _check(mean, ref_mean, (fm, ff, ddf), refs, dtype, 10.0, f"{per_voxel} gss mean")
