@@ -182,18 +182,24 @@ def test_gss_scatter_slabs_and_buffers(path, batch, max_abs):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize(("batch", "max_abs"), [(2, 1.5), (1, 9.0)], ids=["slabs", "buffers"])
-def test_scatter_slabs_and_buffers(path, batch, max_abs):
+@pytest.mark.parametrize(
+    ("batch", "max_abs", "far"), [(2, 1.5, 0.0), (1, 9.0, 0.0), (2, 1.5, 2e6)], ids=["slabs", "buffers", "far"]
+)
+def test_scatter_slabs_and_buffers(path, batch, max_abs, far):
     """Two threads, 40 planes: small displacements colour slabs of
     2 ceil(m) + 2 planes (m = 1.5: 7 slabs, 3 even ones per item); large
     ones leave one slab per colour, too few for two threads, and fall back
-    to per-thread buffers."""
+    to per-thread buffers, as does one displacement of 2e6 voxels (beyond
+    what the slab width is computed for)."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         spatial = (40, 9, 18)
         image = randn((batch, 2, *spatial), torch.float64, 6).requires_grad_()
-        ddf = smooth_field(batch, 3, spatial, 7, max_abs=max_abs).requires_grad_()
+        ddf = smooth_field(batch, 3, spatial, 7, max_abs=max_abs)
+        if far:
+            ddf[0, 0, 20, 4, 9] = far
+        ddf.requires_grad_()
         out = gemini_ops.warp(image, ddf)
         ref = reference.warp(image, ddf)
         _check(out, ref, (image, ddf), (image, ddf), torch.float64, what=path)

@@ -359,6 +359,12 @@ RAW = [
     ),
     (
         "integrate_velocity_backward",
+        lambda ns: ns.integrate_velocity_backward(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(0), 4, 0, "zeros"),
+        ValueError,
+        r"every must be >= 1, got 0",
+    ),
+    (
+        "integrate_velocity_backward",
         lambda ns: ns.integrate_velocity_backward(f64(1, 2, 5, 6), f64(1, 2, 5, 6), f64(3, 1, 2, 5, 6), 3, 1, "zeros"),
         ValueError,
         r"fields must be empty or \(\(num_steps - 1\) // every, \*velocity.shape\)",

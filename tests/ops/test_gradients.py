@@ -299,6 +299,32 @@ def test_gradient_to_one_input_only(backend):
     gd = grads(gemini_ops.gss_similarity(fm, ff, d3 := leaf(ddf), backend=backend), (d3,), 9)[0]
     gref = grads(gemini_ops.gss_similarity(fm, ff, d4 := leaf(ddf), backend="reference"), (d4,), 9)[0]
     assert_rel_close(gd, gref, torch.float64, what="gss ddf only")
+    gb = grads(gemini_ops.local_ncc(a, lb := leaf(b), 3, backend=backend), (lb,), 6)[0]
+    gab = grads(gemini_ops.local_ncc(leaf(a), lb2 := leaf(b), 3, backend=backend), (lb2,), 6)[0]
+    assert_rel_close(gb, gab, torch.float64, what="b only")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("channels", "dtype"), [(3, torch.float64), (16, torch.float32)], ids=["f64-c3", "f32-c16"])
+@pytest.mark.parametrize("wanted", ["ddf", "ddf+fixed", "ddf+moving", "moving", "fixed"])
+def test_gss_gradient_subsets(backend, channels, dtype, wanted):
+    """Each subset of GSS's inputs asking for a gradient gets it right (16
+    float32 channels: the CPU's channel-innermost kernels; 3 float64: its
+    plane-major lanes), and the others get none."""
+    spatial = (6, 7, 37)
+    fm, ff = randn((2, channels, *spatial), dtype, 40), randn((2, channels, *spatial), dtype, 41)
+    ddf = random_ddf(2, 3, spatial, dtype, 42, 2.0)
+    inputs = {"moving": fm, "fixed": ff, "ddf": ddf}
+    for w in wanted.split("+"):
+        inputs[w] = leaf(inputs[w])
+    args = [inputs[k] for k in ("moving", "fixed", "ddf")]
+    refs = [t.detach().double().requires_grad_(t.requires_grad) for t in args]
+    out = gemini_ops.gss_similarity(*args, reduction="none", backend=backend)
+    ref = reference.gss_map(*refs) * reference.sample_mask(refs[2])
+    got = grads(out, [t for t in args if t.requires_grad], 43)
+    want = grads(ref, [t for t in refs if t.requires_grad], 43)
+    for g, r in zip(got, want):
+        assert_rel_close(g, r, dtype, factor=10.0, what=f"gss {wanted}")
 
 
 def _box_sums(a: torch.Tensor, b: torch.Tensor, window: int) -> torch.Tensor:

@@ -3,8 +3,10 @@ integration and GSS take it for planes of 2^29 voxels or more (the row
 kernels index a plane with int32 offsets), 2 GiB a channel, which no test
 can afford. ``torch.ops.gemini.set_row_kernel_voxels`` lowers that limit, so
 these small planes run it: forward and backward, the GSS mean summed row by
-row, 2D and 3D, float32 and float64, on one and three threads, on every
-instruction set the CPU has (the per-voxel code is compiled for each)."""
+row, 2D and 3D, float32 and float64, on one and three threads (the planes
+hold more than the 4096 voxels below which the kernels run on one thread),
+on every instruction set the CPU has (the per-voxel code is compiled for
+each)."""
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from gemini_ops import reference
 pytestmark = pytest.mark.skipif(not have("compiled"), reason="needs the compiled library")
 
 LIMIT = 2**29
-SHAPES = {2: (9, 13), 3: (7, 6, 11)}
+SHAPES = {2: (64, 67), 3: (9, 16, 29)}
 
 
 @pytest.fixture(params=PATHS)
@@ -69,9 +71,13 @@ def test_limit_default_and_checked():
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("padding", ["zeros", "border"])
-def test_warp(per_voxel, threads, ndim, dtype, padding):
+@pytest.mark.parametrize("channels", [1, 3])
+def test_warp(per_voxel, threads, ndim, dtype, padding, channels):
+    """One channel on three threads: both gradients in one pass, each thread
+    scattering into its own buffer (fewer channels than threads)."""
     spatial = SHAPES[ndim]
-    (image, ddf), refs = _leaves([randn((2, 3, *spatial), dtype, 1), random_ddf(2, ndim, spatial, dtype, 2)])
+    image, ddf = randn((2, channels, *spatial), dtype, 1), random_ddf(2, ndim, spatial, dtype, 2)
+    (image, ddf), refs = _leaves([image, ddf])
     out = gemini_ops.warp(image, ddf, "bilinear", padding)
     ref = reference.warp(*refs, "bilinear", padding)
     _check(out, ref, (image, ddf), refs, dtype, 4.0, f"{per_voxel} warp")
@@ -107,3 +113,24 @@ def test_gss(per_voxel, threads, ndim, dtype, channels):
     assert mean.dim() == 0
     ref_mean = (reference.gss_map(*refs) * mask).sum() / mask.sum()
     _check(mean, ref_mean, (fm, ff, ddf), refs, dtype, 10.0, f"{per_voxel} gss mean")
+
+
+@pytest.mark.parametrize("wanted", ["ddf", "ddf+fixed", "ddf+moving", "moving", "fixed"])
+def test_gss_gradient_subsets(per_voxel, wanted):
+    """Only the gradients asked for are computed (no moving-feature
+    scatter without its gradient); one voxel's fixed features are all zero,
+    where the cosine's gradient takes its eps branch."""
+    torch.set_num_threads(2)
+    spatial = SHAPES[3]
+    ddf = avoid_ties(randn((1, 3, *spatial), torch.float64, 9, 2.0))
+    fm, ff = randn((1, 4, *spatial), torch.float64, 10), randn((1, 4, *spatial), torch.float64, 11)
+    ff[:, :, 4, 8, 14] = 0
+    grad_of = {"moving": fm, "fixed": ff, "ddf": ddf}
+    for w in wanted.split("+"):
+        grad_of[w].requires_grad_()
+    leaves = [t for t in (fm, ff, ddf) if t.requires_grad]
+    refs = [t.detach().clone().requires_grad_(t.requires_grad) for t in (fm, ff, ddf)]
+    ref_leaves = [r for r in refs if r.requires_grad]
+    out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
+    ref = reference.gss_map(*refs) * reference.sample_mask(refs[2])
+    _check(out, ref, leaves, ref_leaves, torch.float64, 10.0, f"{per_voxel} gss {wanted}")

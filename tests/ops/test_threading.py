@@ -151,12 +151,16 @@ def _check_mean(a, b, window):
         _close(g, r)
 
 
-@pytest.mark.parametrize(("spatial", "threads"), [((100, 5, 9), 2), ((61, 8, 9), 3), ((45, 4, 150), 3)])
+@pytest.mark.parametrize(
+    ("spatial", "threads"), [((100, 5, 9), 2), ((61, 8, 9), 3), ((45, 4, 150), 3), ((111, 8, 8), 11), ((111, 8, 8), 12)]
+)
 def test_local_ncc_plane_slabs(spatial, threads, four_threads):
     """Volumes with many planes, which the CPU NCC splits into slabs of planes
     (and, with long rows, column tiles too) for the threads: first, middle and
     last slabs, whose items push r planes beyond their edges (2r in the
-    backward's first stage). Both 1 and `threads` threads match the reference."""
+    backward's first stage); with 11 or 12 threads on 111 planes the last
+    slab is thinner than the window's radius. Both 1 and `threads` threads
+    match the reference."""
     a = randn((1, 1, *spatial), torch.float64, 12).requires_grad_()
     b = randn((1, 1, *spatial), torch.float64, 13).requires_grad_()
     for window in (5, 9):
@@ -268,6 +272,25 @@ def test_host_page_cache_limit():
     env["GEMINI_CPU_CACHE_MB"] = "lots"
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert got.returncode != 0 and "GEMINI_CPU_CACHE_MB" in got.stderr and "'lots'" in got.stderr
+
+
+def test_host_page_cache_drops_the_oldest():
+    """Beyond GEMINI_CPU_CACHE_MB the cache unmaps its oldest mappings: after
+    outputs of 4, 5.7 and 8 MiB (warps of 4 channels at 64^3, 72^3 and 81^3;
+    only the last would fit alone), it holds at most 12 MiB, the last one
+    among them."""
+    code = (
+        "import torch, gemini_ops\n"
+        "for n in (64, 72, 81):\n"
+        "    out = gemini_ops.warp(torch.ones(1, 4, n, n, n), torch.zeros(1, 3, n, n, n))\n"
+        "    assert torch.equal(out, torch.ones_like(out))\n"
+        "    del out\n"
+        "print(gemini_ops.cached_bytes())"
+    )
+    env = dict(os.environ, GEMINI_CPU_CACHE_MB="12")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    kept = int(got.stdout.split()[-1])
+    assert 4 * 81**3 * 4 <= kept <= 12 * 2**20, kept
 
 
 def _child_fwd_bwd(path):
