@@ -147,6 +147,14 @@ struct LinearLanes {
     }
   }
 
+  // the lanes whose corners all lie inside: bit l (what Corners' masks give
+  // for every lane, without forming them)
+  unsigned corners_inside() const {
+    M m = S::both(lo_in[0], hi_in[0]);
+    for (int k = 1; k < NDIM; ++k) m = S::both(m, S::both(lo_in[k], hi_in[k]));
+    return S::bits(m);
+  }
+
   // corner c takes the upper neighbour along axis k when bit (NDIM - 1 - k) is set
   static int32_t corner_offset(const Extent<NDIM>& e, int c) {
     int32_t o = 0;

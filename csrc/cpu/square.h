@@ -37,10 +37,9 @@ template <class S>
 
 // Lane l's sample where all its corners are inside: its 4 rows (z, y) of x
 // pairs are one 8-value load each, interpolated along z and y as pairs,
-// then along x; dv as in lerp_corners.
-template <class S>
-[[gnu::always_inline]] inline simd::Quad::F sample_interior(const LaneVoxels<3, S, simd::Quad>& lv, int l,
-                                                            const float* u, simd::Quad::F* dv) {
+// then along x; dv as in lerp_corners. LV: LaneVoxels or InteriorLanes.
+template <class LV>
+[[gnu::always_inline]] inline simd::Quad::F sample_interior(const LV& lv, int l, const float* u, simd::Quad::F* dv) {
   using P = simd::Pair;
   using Q = simd::Quad;
   const int64_t o = lv.off[l];
@@ -62,22 +61,71 @@ template <class S>
   return along_x(zy);
 }
 
+// What sample_interior and PairScatter read of lanes whose corners all lie
+// inside (the usual case), without the corner masks that LaneVoxels forms:
+// those took about half of a forward step's time on AVX-512.
 template <class S>
-void square_forward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_t b, const int64_t* c, int64_t v,
-                          int64_t x) {
+struct InteriorLanes {
+  alignas(64) int32_t off[S::L];
+  alignas(64) float frac[3][S::L];
+  alignas(64) float dclamp[3][S::L];  // when clamps
+  alignas(64) float w[8][S::L];       // weights, for a scatter
+  int32_t coff[8];
+  bool clamps;
+
+  InteriorLanes(const LinearLanes<3, S>& s, const Extent<3>& e, bool weights, bool border) : clamps(border) {
+    S::store_int(off, s.off);
+    for (int k = 0; k < 3; ++k) {
+      S::store(frac[k], s.frac[k]);
+      if (border) S::store(dclamp[k], s.dclamp[k]);
+    }
+    for (int k = 0; k < 8; ++k) coff[k] = LinearLanes<3, S>::corner_offset(e, k);
+    if (weights) {
+      typename S::F wk[8];
+      s.weights(wk);
+      for (int k = 0; k < 8; ++k) S::store(w[k], wk[k]);
+    }
+  }
+};
+
+template <class LV>
+constexpr bool kAllInside = false;
+template <class S>
+constexpr bool kAllInside<InteriorLanes<S>> = true;
+
+// Lane l's sample (dv as in lerp_corners). LV: InteriorLanes where every
+// lane's corners are inside, else LaneVoxels (inside: bit l set where lane
+// l's are).
+template <class LV>
+[[gnu::always_inline]] inline simd::Quad::F sample_lane(const LV& lv, unsigned inside, int l, const float* u,
+                                                        simd::Quad::F* dv) {
+  if constexpr (!kAllInside<LV>)
+    if (!((inside >> l) & 1u)) return lv.sample(l, u, 4, dv);
+  return sample_interior(lv, l, u, dv);
+}
+
+template <int L, class LV>
+[[gnu::always_inline]] inline void square_forward_of(const LV& lv, unsigned inside, const SquareArgs<float>& a,
+                                                     const Extent<3>& e, int64_t b, int64_t v) {
   using Q = simd::Quad;
-  const LinearLanes<3, S> s = interleaved_lanes<S>(a.field, a.padding, e, b, c, v, x);
-  const LaneVoxels<3, S, Q> lv(s, Corners<3, S>(s, e, S::all_lanes()), false);
   const float* u = a.field + b * e.numel() * 4;
   const float* self = u + v * 4;
   float* out = a.out + (b * e.numel() + v) * 4;
-  const unsigned inside = lv.all_inside();
   const int64_t ahead = prefetch_distance(e);
-  for (int l = 0; l < S::L; ++l) {
+  for (int l = 0; l < L; ++l) {
     prefetch_voxel<0>(u, lv.off[l] + ahead);
-    const Q::F y = (inside >> l) & 1u ? sample_interior(lv, l, u, nullptr) : lv.sample(l, u, 4, nullptr);
-    Q::store(out + 4 * l, Q::load(self + 4 * l) + y);
+    Q::store(out + 4 * l, Q::load(self + 4 * l) + sample_lane(lv, inside, l, u, nullptr));
   }
+}
+
+template <class S>
+void square_forward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_t b, const int64_t* c, int64_t v,
+                          int64_t x) {
+  const LinearLanes<3, S> s = interleaved_lanes<S>(a.field, a.padding, e, b, c, v, x);
+  if (s.corners_inside() == S::kAll)
+    return square_forward_of<S::L>(InteriorLanes<S>(s, e, false, a.padding == kBorder), S::kAll, a, e, b, v);
+  const LaneVoxels<3, S, simd::Quad> lv(s, Corners<3, S>(s, e, S::all_lanes()), false);
+  square_forward_of<S::L>(lv, lv.all_inside(), a, e, b, v);
 }
 
 // The scatter of one chunk's lanes whose corners are all inside. Where a
@@ -85,15 +133,15 @@ void square_forward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_
 // the usual case along a row of samples), the two adds to a place go as one:
 // each row of corners takes one read-modify-write per lane, and the upper
 // corners' part waits in `upper` until the next lane or a flush.
-template <class S>
+template <class LV>
 struct PairScatter {
   using Q = simd::Quad;
-  const LaneVoxels<3, S, Q>& lv;
+  const LV& lv;
   float* t;
   Q::F upper[4] = {};  // read only after a lane has set them (at >= 0)
   int64_t at = -1;  // offset (voxels) of the upper corners waiting, or -1
 
-  PairScatter(const LaneVoxels<3, S, Q>& lanes, float* target) : lv(lanes), t(target) {}
+  PairScatter(const LV& lanes, float* target) : lv(lanes), t(target) {}
   ~PairScatter() { flush(); }
 
   void flush() {
@@ -118,32 +166,27 @@ struct PairScatter {
 
 // Adds into target (zeroed) what the S::L voxels from v contribute to
 // d loss / d u: their own gradient and its path through the sample point at
-// the voxel, and the sample's adjoint at the corners.
-template <class S>
-void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_t b, const int64_t* c, int64_t v,
-                           int64_t x, float* target) {
+// the voxel, and the sample's adjoint at the corners (LV and inside as in
+// sample_lane).
+template <int L, class LV>
+[[gnu::always_inline]] inline void square_backward_of(const LV& lv, unsigned inside, const SquareArgs<float>& a,
+                                                      const Extent<3>& e, int64_t b, int64_t v, float* target) {
   using Q = simd::Quad;
   using F = Q::F;
-  const LinearLanes<3, S> s = interleaved_lanes<S>(a.field, a.padding, e, b, c, v, x);
-  const LaneVoxels<3, S, Q> lv(s, Corners<3, S>(s, e, S::all_lanes()), true, a.padding == kBorder);
-  const unsigned inside = lv.all_inside();
   const int64_t n = e.numel();
   const float* u = a.field + b * n * 4;
   float* grad = a.grad + (b * n + v) * 4;
   float* t = target + b * n * 4;
-  PairScatter<S> pairs(lv, t);
+  PairScatter<LV> pairs(lv, t);
   const int64_t ahead = prefetch_distance(e);
-  for (int l = 0; l < S::L; ++l) {
+  for (int l = 0; l < L; ++l) {
     prefetch_voxel<0>(u, lv.off[l] + ahead);
     prefetch_voxel<1>(t, lv.off[l] + ahead);
     const F g = Q::load(grad + 4 * l);
     Q::store(grad + 4 * l, Q::set(0.f));
     F dv[3];
-    const bool in = (inside >> l) & 1u;
-    if (in)
-      sample_interior(lv, l, u, dv);
-    else
-      lv.sample(l, u, 4, dv);
+    sample_lane(lv, inside, l, u, dv);
+    const bool in = kAllInside<LV> || ((inside >> l) & 1u);
     const F m0 = g * dv[0], m1 = g * dv[1], m2 = g * dv[2], zero = {};
     // through_point[k] = m_k[0] + m_k[1] + m_k[2] (a 4 x 4 transpose; the
     // fourth values are zeros, their products are left out, not summed)
@@ -154,11 +197,22 @@ void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64
     pairs.add(v + l, g + through_point);
     if (in) {
       pairs.lane(l, g);
-    } else {
+    } else if constexpr (!kAllInside<LV>) {
       pairs.flush();
       lv.scatter(l, t, 4, g);
     }
   }
+}
+
+template <class S>
+void square_backward_lanes(const SquareArgs<float>& a, const Extent<3>& e, int64_t b, const int64_t* c, int64_t v,
+                           int64_t x, float* target) {
+  const LinearLanes<3, S> s = interleaved_lanes<S>(a.field, a.padding, e, b, c, v, x);
+  const bool border = a.padding == kBorder;
+  if (s.corners_inside() == S::kAll)
+    return square_backward_of<S::L>(InteriorLanes<S>(s, e, true, border), S::kAll, a, e, b, v, target);
+  const LaneVoxels<3, S, simd::Quad> lv(s, Corners<3, S>(s, e, S::all_lanes()), true, border);
+  square_backward_of<S::L>(lv, lv.all_inside(), a, e, b, v, target);
 }
 
 inline void square_forward_interleaved(const SquareArgs<float>& a) {
