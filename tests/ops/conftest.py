@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from opsutil import CPU_PATHS, supported_cpu_paths
 
 settings.register_profile(
     "ci",
@@ -41,4 +42,24 @@ def one_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(params=CPU_PATHS)
+def path(request):
+    """The CPU kernels forced to one instruction set, if this CPU has it."""
+    if request.param not in supported_cpu_paths():
+        pytest.skip(f"this CPU lacks {request.param}")
+    ops = torch.ops.gemini
+    before = ops.cpu_capability()
+    assert ops.set_cpu_capability(request.param) == request.param
+    yield request.param
+    ops.set_cpu_capability(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
     torch.set_num_threads(before)

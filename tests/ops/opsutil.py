@@ -140,3 +140,32 @@ def gradcheck_kwargs(backend: str) -> dict:
     if backend == "emulated":
         kw["nondet_tol"] = 1e-12
     return kw
+
+
+# The CPU kernels' instruction sets (GEMINI_CPU_CAPABILITY).
+CPU_PATHS = ("default", "avx2", "avx512")
+
+
+def supported_cpu_paths() -> list:
+    """The instruction sets this CPU runs (a request above them is capped)."""
+    if not have("compiled"):
+        return []
+    ops = torch.ops.gemini
+    before = ops.cpu_capability()
+    try:
+        return [p for p in CPU_PATHS if ops.set_cpu_capability(p) == p]
+    finally:
+        ops.set_cpu_capability(before)
+
+
+def weighted_grads(out: torch.Tensor, inputs, seed: int):
+    """Gradients of <out, w> for a random w (w = 1 for a 0-dim out)."""
+    w = randn(out.shape, torch.float64, seed).to(out.dtype) if out.dim() else torch.ones((), dtype=out.dtype)
+    return torch.autograd.grad((out * w).sum(), inputs)
+
+
+def assert_fwd_bwd_close(out, ref, inputs, ref_inputs, dtype, factor=1.0, what=""):
+    """``out`` and the gradients to ``inputs`` against the reference's."""
+    assert_rel_close(out, ref, dtype, factor=factor, what=what + " forward")
+    for k, (g, r) in enumerate(zip(weighted_grads(out, inputs, 11), weighted_grads(ref, ref_inputs, 11))):
+        assert_rel_close(g, r, dtype, factor=factor, what=f"{what} grad {k}")

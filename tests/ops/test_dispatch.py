@@ -11,57 +11,22 @@ import sys
 
 import pytest
 import torch
-from opsutil import assert_rel_close, avoid_ties, have, randn, random_ddf, smooth_field
+from opsutil import (
+    assert_fwd_bwd_close,
+    avoid_ties,
+    have,
+    randn,
+    random_ddf,
+    smooth_field,
+    supported_cpu_paths,
+)
 
 import gemini_ops
 from gemini_ops import reference
 
 pytestmark = pytest.mark.skipif(not have("compiled"), reason="needs the compiled library")
 
-PATHS = ("default", "avx2", "avx512")
-
-
-def _supported() -> list:
-    """The paths this CPU runs (a request above that is capped)."""
-    ops = torch.ops.gemini
-    before = ops.cpu_capability()
-    try:
-        return [p for p in PATHS if ops.set_cpu_capability(p) == p]
-    finally:
-        ops.set_cpu_capability(before)
-
-
-SUPPORTED = _supported() if have("compiled") else []
-
-
-@pytest.fixture(params=PATHS)
-def path(request):
-    if request.param not in SUPPORTED:
-        pytest.skip(f"this CPU lacks {request.param}")
-    ops = torch.ops.gemini
-    before = ops.cpu_capability()
-    assert ops.set_cpu_capability(request.param) == request.param
-    yield request.param
-    ops.set_cpu_capability(before)
-
-
-@pytest.fixture(params=[1, 2])
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
-def _grads(out, inputs, seed):
-    w = randn(out.shape, torch.float64, seed).to(out.dtype)
-    return torch.autograd.grad((out * w).sum(), inputs)
-
-
-def _check(out, ref, inputs, ref_inputs, dtype, factor=1.0, what=""):
-    assert_rel_close(out, ref, dtype, factor=factor, what=what + " forward")
-    for k, (g, r) in enumerate(zip(_grads(out, inputs, 11), _grads(ref, ref_inputs, 11))):
-        assert_rel_close(g, r, dtype, factor=factor, what=f"{what} grad {k}")
+SUPPORTED = supported_cpu_paths()
 
 
 # 3D: 21 = one 16-lane + 5 tail voxels, or two 8-lane + 5; 2D: 37 = 2 x 16 + 5
@@ -80,7 +45,7 @@ def test_warp_paths(path, threads, ndim, dtype, padding):
         ri, rd = image.double().requires_grad_(), ddf.double().requires_grad_()
         out = gemini_ops.warp(i, d, mode, padding)
         ref = reference.warp(ri, rd, mode, padding)
-        _check(out, ref, (i, d), (ri, rd), dtype, factor=4.0, what=f"{path} {mode}")
+        assert_fwd_bwd_close(out, ref, (i, d), (ri, rd), dtype, factor=4.0, what=f"{path} {mode}")
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
@@ -93,7 +58,7 @@ def test_warp_many_channels(path, threads, padding):
     ri, rd = image.detach().double().requires_grad_(), ddf.detach().double().requires_grad_()
     out = gemini_ops.warp(image, ddf, "bilinear", padding)
     ref = reference.warp(ri, rd, "bilinear", padding)
-    _check(out, ref, (image, ddf), (ri, rd), torch.float32, factor=4.0, what=path)
+    assert_fwd_bwd_close(out, ref, (image, ddf), (ri, rd), torch.float32, factor=4.0, what=path)
 
 
 @pytest.mark.parametrize("which", ["image", "ddf"])
@@ -105,7 +70,7 @@ def test_warp_one_gradient(path, threads, which):
     out = gemini_ops.warp(image, ddf)
     ref_leaf = leaf.double().detach().requires_grad_()
     ref = reference.warp(ref_leaf, ddf.double()) if which == "image" else reference.warp(image.double(), ref_leaf)
-    _check(out, ref, (leaf,), (ref_leaf,), torch.float32, factor=4.0, what=path)
+    assert_fwd_bwd_close(out, ref, (leaf,), (ref_leaf,), torch.float32, factor=4.0, what=path)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -116,7 +81,7 @@ def test_integrate_paths(path, threads, ndim, padding):
     rv = v.detach().double().requires_grad_()
     out = gemini_ops.integrate_velocity(v, 5, padding)
     ref = reference.integrate_velocity(rv, 5, padding)
-    _check(out, ref, (v,), (rv,), torch.float32, factor=20.0, what=path)
+    assert_fwd_bwd_close(out, ref, (v,), (rv,), torch.float32, factor=20.0, what=path)
 
 
 @pytest.mark.parametrize("padding", ["zeros", "border"])
@@ -132,7 +97,7 @@ def test_square_step_interleaved(path, threads, padding):
     rv = v.detach().double().requires_grad_()
     out = gemini_ops.integrate_velocity(v, 1, padding)
     ref = reference.integrate_velocity(rv, 1, padding)
-    _check(out, ref, (v,), (rv,), torch.float32, factor=4.0, what=path)
+    assert_fwd_bwd_close(out, ref, (v,), (rv,), torch.float32, factor=4.0, what=path)
 
 
 def test_integrate_many_steps_checkpointed(path):
@@ -140,7 +105,7 @@ def test_integrate_many_steps_checkpointed(path):
     v = smooth_field(1, 3, (10, 9, 18), 12, max_abs=3.0).requires_grad_()
     out = gemini_ops.integrate_velocity(v, 11)
     ref = reference.integrate_velocity(v, 11)
-    _check(out, ref, (v,), (v,), torch.float64, what=path)
+    assert_fwd_bwd_close(out, ref, (v,), (v,), torch.float64, what=path)
 
 
 @pytest.mark.parametrize("channels", [3, 5, 8, 16, 37])
@@ -160,7 +125,7 @@ def test_gss_float_lanes(path, threads, channels, ndim):
     keep[:, :, 1] = 0
     out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
     ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
-    _check(out * keep.float(), ref * keep, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+    assert_fwd_bwd_close(out * keep.float(), ref * keep, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
 
 
 @pytest.mark.parametrize(("batch", "max_abs"), [(2, 1.5), (1, 9.0)], ids=["slabs", "buffers"])
@@ -177,7 +142,7 @@ def test_gss_scatter_slabs_and_buffers(path, batch, max_abs):
         leaves = [t.detach().double().requires_grad_() for t in (fm, ff, ddf)]
         out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
         ref = reference.gss_map(*leaves) * reference.sample_mask(leaves[2])
-        _check(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
+        assert_fwd_bwd_close(out, ref, (fm, ff, ddf), leaves, torch.float32, factor=10.0, what=path)
     finally:
         torch.set_num_threads(before)
 
@@ -202,7 +167,7 @@ def test_scatter_slabs_and_buffers(path, batch, max_abs, far):
         ddf.requires_grad_()
         out = gemini_ops.warp(image, ddf)
         ref = reference.warp(image, ddf)
-        _check(out, ref, (image, ddf), (image, ddf), torch.float64, what=path)
+        assert_fwd_bwd_close(out, ref, (image, ddf), (image, ddf), torch.float64, what=path)
     finally:
         torch.set_num_threads(before)
 
@@ -214,11 +179,11 @@ def test_gss_and_ncc_paths(path, threads):
     ddf = smooth_field(1, 3, spatial, 10, max_abs=3.0).requires_grad_()
     out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
     ref = reference.gss_map(fm, ff, ddf) * reference.sample_mask(ddf)
-    _check(out, ref, (fm, ff, ddf), (fm, ff, ddf), torch.float64, what=path + " gss")
+    assert_fwd_bwd_close(out, ref, (fm, ff, ddf), (fm, ff, ddf), torch.float64, what=path + " gss")
     a, b = fm[:, :2], ff[:, :2]
     out = gemini_ops.local_ncc(a, b, 5, reduction="none")
     ref = reference.local_ncc_map(a, b, 5)
-    _check(out, ref, (fm, ff), (fm, ff), torch.float64, what=path + " ncc")
+    assert_fwd_bwd_close(out, ref, (fm, ff), (fm, ff), torch.float64, what=path + " ncc")
 
 
 def test_environment_variable_selects_and_caps():
