@@ -62,8 +62,9 @@ template <class LV>
 }
 
 // What sample_interior and PairScatter read of lanes whose corners all lie
-// inside (the usual case), without the corner masks that LaneVoxels forms:
-// those took about half of a forward step's time on AVX-512.
+// inside (the usual case), without the corner masks that LaneVoxels forms
+// (without them a forward step at 96^3 on one thread took 2.8 instead of
+// 3.2 ms on AVX-512, 3.3 instead of 3.5 ms on AVX2).
 template <class S>
 struct InteriorLanes {
   alignas(64) int32_t off[S::L];

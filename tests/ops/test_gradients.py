@@ -310,7 +310,7 @@ def test_gradient_to_one_input_only(backend):
 def test_gss_gradient_subsets(backend, channels, dtype, wanted):
     """Each subset of GSS's inputs asking for a gradient gets it right (16
     float32 channels: the CPU's channel-innermost kernels; 3 float64: its
-    plane-major lanes), and the others get none."""
+    plane-major lanes)."""
     spatial = (6, 7, 37)
     fm, ff = randn((2, channels, *spatial), dtype, 40), randn((2, channels, *spatial), dtype, 41)
     ddf = random_ddf(2, 3, spatial, dtype, 42, 2.0)

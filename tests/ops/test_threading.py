@@ -276,9 +276,9 @@ def test_host_page_cache_limit():
 
 def test_host_page_cache_drops_the_oldest():
     """Beyond GEMINI_CPU_CACHE_MB the cache unmaps its oldest mappings: after
-    outputs of 4, 5.7 and 8 MiB (warps of 4 channels at 64^3, 72^3 and 81^3;
-    only the last would fit alone), it holds at most 12 MiB, the last one
-    among them."""
+    freed outputs of 4, 5.7 and 8.1 MiB (warps of 4 channels at 64^3, 72^3
+    and 81^3; 17.8 MiB in all) it keeps at most 12 MiB, the newest output's
+    mapping among them."""
     code = (
         "import torch, gemini_ops\n"
         "for n in (64, 72, 81):\n"
