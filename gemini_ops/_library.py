@@ -139,12 +139,12 @@ def _register(ns: str) -> None:
     def warp_bwd(ctx, grad):
         image, ddf = ctx.saved_tensors
         need_i, need_d = ctx.needs_input_grad[0], ctx.needs_input_grad[1] and ctx.mode != "nearest"
-        if not (need_i or need_d):
-            return None, None, None, None
-        gi, gd = ops.warp_backward(grad.contiguous(), image, ddf, ctx.mode, ctx.padding_mode, need_i, need_d)
+        gi = gd = None
+        if need_i or need_d:
+            gi, gd = ops.warp_backward(grad.contiguous(), image, ddf, ctx.mode, ctx.padding_mode, need_i, need_d)
         if ctx.needs_input_grad[1] and not need_d:  # nearest sampling: piecewise constant in ddf
             gd = torch.zeros_like(ddf)
-        return (gi if need_i else None), (gd if ctx.needs_input_grad[1] else None), None, None
+        return (gi if need_i else None), gd, None, None
 
     torch.library.register_autograd(lib + "warp", warp_bwd, setup_context=warp_setup)
 

@@ -304,6 +304,19 @@ def test_gradient_to_one_input_only(backend):
     assert_rel_close(gb, gab, torch.float64, what="b only")
 
 
+@pytest.mark.parametrize("backend", [*BACKENDS, "reference"])
+def test_nearest_warp_ddf_gradient_is_zero(backend):
+    """Nearest sampling is piecewise constant in ddf: its gradient is zeros
+    on every backend, with or without the image's gradient (a missing one
+    would make optimisers with weight decay treat ddf differently)."""
+    image, ddf = randn((1, 2, 5, 6), torch.float64, 50), random_ddf(1, 2, (5, 6), torch.float64, 51, 1.5)
+    for image_grad in (False, True):
+        i, d = image.clone().requires_grad_(image_grad), leaf(ddf)
+        out = gemini_ops.warp(i, d, "nearest", backend=backend)
+        gd = torch.autograd.grad(out.sum(), d)[0]
+        assert torch.equal(gd, torch.zeros_like(ddf)), f"image_grad={image_grad}"
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("channels", "dtype"), [(3, torch.float64), (16, torch.float32)], ids=["f64-c3", "f32-c16"])
 @pytest.mark.parametrize("wanted", ["ddf", "ddf+fixed", "ddf+moving", "moving", "fixed"])
