@@ -224,9 +224,8 @@ class GSSLoss(nn.Module):
         """feat_moving, feat_fixed (B, C, *S); ddf (B, ndim, *S) moving->fixed;
         mask (B, 1, *S) or None (valid sample points). Returns a scalar."""
         total = self.feature_weight + self.flow_weight
-        if total == 0:
-            return feat_fixed.new_zeros(())
-        fw, dw = self.feature_weight / total, self.flow_weight / total
+        # both weights 0: a zero loss whose gradients are zeros, as any other weights' are tensors
+        fw, dw = (self.feature_weight / total, self.flow_weight / total) if total else (0.0, 0.0)
         sim = F.gss_similarity(
             feat_moving, feat_fixed, ddf, mask, "mean", grad_scales=(fw, fw, dw), backend=self.backend
         )

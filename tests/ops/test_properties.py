@@ -143,7 +143,7 @@ def test_gss_own_mask_is_the_nearest_warp_of_ones(backend, ndim):
     assert_rel_close(torch.autograd.grad(own, fm)[0], torch.autograd.grad(given, fm)[0], torch.float64)
 
 
-@pytest.mark.parametrize("weights", [(0.1, 1.0), (1.0, 0.0), (0.0, 2.0), (0.3, 0.7)])
+@pytest.mark.parametrize("weights", [(0.1, 1.0), (1.0, 0.0), (0.0, 2.0), (0.3, 0.7), (0.0, 0.0)])
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("backend", ALL)
 def test_gss_loss_equals_two_term_stop_gradient_reference(backend, ndim, weights):
