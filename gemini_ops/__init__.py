@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _library
+from . import _library, emulated, reference
 from ._library import cached_bytes, empty_cache
 from .functional import (
     all_finite,
@@ -65,4 +65,6 @@ __all__ = [
     "backend_info",
     "empty_cache",
     "cached_bytes",
+    "emulated",
+    "reference",
 ]

@@ -234,3 +234,21 @@ def test_reference_warp_size1_axis(mode):
     for backend in ("compiled", "emulated"):
         assert torch.count_nonzero(gemini_ops.warp(image, ddf, mode, backend=backend)) == 0
     assert torch.count_nonzero(reference.warp(image, ddf, mode, "zeros")) == 0
+
+
+def test_emulated_module_is_the_emulated_backend():
+    """gemini_ops.emulated's functions are functional's on backend="emulated"."""
+    if not gemini_ops.backend_info()["emulated"]:
+        pytest.skip("needs the compiled library")
+    image, ddf = randn((1, 2, 5, 6, 7), torch.float64, 60), random_ddf(1, 3, (5, 6, 7), torch.float64, 61, 1.5)
+    calls = {
+        "warp": (image, ddf),
+        "integrate_velocity": (ddf, 3),
+        "gss_similarity": (image, image.flip(2), ddf),
+        "local_ncc": (image, image.flip(2), 3),
+    }
+    assert set(calls) == set(gemini_ops.emulated.__all__)
+    for name, args in calls.items():
+        got = getattr(gemini_ops.emulated, name)(*args)
+        want = getattr(gemini_ops.functional, name)(*args, backend="emulated")
+        assert torch.equal(got, want), name
