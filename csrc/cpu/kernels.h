@@ -1,9 +1,10 @@
 // The CPU kernels of one instruction set: included by csrc/cpu/isa_*.cpp
 // after they set the target and define GEMINI_CPU_CAPABILITY (the inline
 // namespace that keeps each set's copies apart) and GEMINI_ISA_LEVEL
-// (0 portable, 1 AVX2 + FMA, 2 AVX-512). Only our headers, OpenMP and the
-// C library are included here, so no inline function of another library is
-// compiled with wider instructions than the CPU may have.
+// (0 portable, 1 AVX2 + FMA, 2 AVX-512). The library headers the kernels
+// use are included before the target (portable_includes.h), so no inline
+// function that the objects share is compiled with wider instructions than
+// the CPU may have (tests/ops/test_portable_objects.py).
 #pragma once
 
 #include "capability.h"

@@ -36,7 +36,10 @@ int64_t row_kernel_voxels();
 
 // Loads and stores between a tensor's element type and the accumulation
 // type; explicit because torch builds CUDA code without the implicit half
-// conversions (half_traits.h specialises them).
+// conversions (half_traits.h specialises them). Code, so in the ISA
+// namespace like the per-voxel code: an out-of-line copy (a -O0 build) from
+// the AVX-512 object must not serve the portable one.
+GEMINI_ISA_BEGIN
 template <typename T>
 struct Convert {
   template <typename A>
@@ -56,6 +59,7 @@ template <typename T, typename A>
 GEMINI_HD T store(A x) {
   return Convert<T>::from(x);
 }
+GEMINI_ISA_END
 
 // Accumulation type: float for half types (specialised in half_traits.h).
 template <typename T>
@@ -127,6 +131,7 @@ struct SquareArgs {
 // so every backend runs it on its warp kernels; this is the one place that
 // says how (the base pointers, and the backward's gradient buffer holding
 // the displacement gradient first and then taking the scatter).
+GEMINI_ISA_BEGIN
 template <typename T>
 GEMINI_HD WarpArgs<T> square_as_warp(const SquareArgs<T>& s) {
   static_assert(std::is_same<acc_t<T>, T>::value, "squaring steps run in the accumulation type");
@@ -148,6 +153,7 @@ GEMINI_HD WarpArgs<T> square_as_warp(const SquareArgs<T>& s) {
   }
   return a;
 }
+GEMINI_ISA_END
 
 template <typename T>
 struct GssArgs {
