@@ -120,6 +120,17 @@ struct Ops {
 
   static at::Tensor empty_result(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
+  // An op's first tensor: a volume of a dtype this backend's kernels take.
+  // Half types reach the host kernels only through gemini_ops' functions,
+  // which compute them in float32 (functional._precision); a raw op does no
+  // casting, so here they are a TypeError like any other unsupported dtype.
+  static void check_input(const at::Tensor& t, const char* name) {
+    check_volume(t, name);
+    TORCH_CHECK_TYPE(Policy::kHalfTypes || acc_dtype(t.scalar_type()) == t.scalar_type(), "gemini: ", name,
+                     " has dtype ", t.scalar_type(), ", but these kernels take float32 or float64 (gemini_ops.",
+                     "functional casts float16/bfloat16 to float32)");
+  }
+
   template <typename K>
   static WarpArgs<K> warp_args(const at::Tensor& image, const at::Tensor& ddf, int mode, int padding) {
     WarpArgs<K> a;
@@ -134,7 +145,7 @@ struct Ops {
 
   static at::Tensor warp(const at::Tensor& image_, const at::Tensor& ddf_, c10::string_view mode,
                          c10::string_view padding) {
-    check_volume(image_, "image");
+    check_input(image_, "image");
     check_field(ddf_, "ddf", image_, "image");
     typename Policy::Guard guard(image_);
     const at::Tensor image = image_.contiguous(), ddf = ddf_.contiguous();
@@ -153,7 +164,7 @@ struct Ops {
                                                           const at::Tensor& ddf_, c10::string_view mode,
                                                           c10::string_view padding, bool image_grad,
                                                           bool ddf_grad) {
-    check_volume(image_, "image");
+    check_input(image_, "image");
     check_field(ddf_, "ddf", image_, "image");
     check_like(grad_, "grad", image_, "image");
     TORCH_CHECK_VALUE(grad_.sizes() == image_.sizes(), "gemini: grad must have the image's shape ", image_.sizes(),
@@ -288,6 +299,7 @@ struct Ops {
   }
 
   static void check_integrate(const at::Tensor& velocity, int64_t num_steps) {
+    check_input(velocity, "velocity");
     check_field(velocity, "velocity", velocity, "velocity");
     TORCH_CHECK_VALUE(num_steps >= 0, "gemini: num_steps must be >= 0, got ", num_steps);
   }
@@ -431,7 +443,7 @@ struct Ops {
   }
 
   static void check_gss(const at::Tensor& fm, const at::Tensor& ff, const at::Tensor& ddf) {
-    check_volume(fm, "feat_moving");
+    check_input(fm, "feat_moving");
     check_volume(ff, "feat_fixed");
     check_like(ff, "feat_fixed", fm, "feat_moving");
     TORCH_CHECK_VALUE(fm.sizes() == ff.sizes(), "gemini: feat_moving ", fm.sizes(), " and feat_fixed ", ff.sizes(),
@@ -503,7 +515,7 @@ struct Ops {
   // ---- local NCC ----
 
   static void check_ncc(const at::Tensor& a, const at::Tensor& b, int64_t window) {
-    check_volume(a, "a");
+    check_input(a, "a");
     check_volume(b, "b");
     check_like(b, "b", a, "a");
     TORCH_CHECK_VALUE(a.sizes() == b.sizes(), "gemini: a ", a.sizes(), " and b ", b.sizes(), " must have the same shape");

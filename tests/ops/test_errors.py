@@ -449,3 +449,34 @@ def test_raw_ops_raise_typed_errors(namespace, case):
     ns = getattr(torch.ops, namespace)
     with pytest.raises(kind, match=pattern):
         call(ns)
+
+
+def _half_calls(ns, dtype):
+    """Each host op whose first tensor is (B, C, *S), called with `dtype`."""
+
+    def t(*shape):
+        return torch.randn(*shape).to(dtype)
+
+    return [
+        ("image", lambda: ns.warp(t(1, 2, 5, 6), t(1, 2, 5, 6), "bilinear", "zeros")),
+        (
+            "image",
+            lambda: ns.warp_backward(t(1, 2, 5, 6), t(1, 2, 5, 6), t(1, 2, 5, 6), "bilinear", "zeros", True, True),
+        ),
+        ("velocity", lambda: ns.integrate_velocity(t(1, 3, 4, 5, 6), 2, "zeros")),
+        ("velocity", lambda: ns.integrate_velocity_with_fields(t(1, 3, 4, 5, 6), 2, 1, "zeros")),
+        ("feat_moving", lambda: ns.gss(t(1, 2, 5, 6), t(1, 2, 5, 6), t(1, 2, 5, 6), 1e-8, 1.0, 1.0, 1.0, False)),
+        ("a", lambda: ns.local_ncc(t(1, 2, 5, 6), t(1, 2, 5, 6), 3, True, 1e-5, False, False)),
+    ]
+
+
+@pytest.mark.parametrize("namespace", ["gemini", "gemini_emulated"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_raw_host_ops_reject_half_types(namespace, dtype):
+    """The host kernels run float32/float64 only; half types are cast by the
+    functions (one precision policy), so a raw op given one raises a
+    TypeError naming its first tensor (integration used to cast them itself
+    while the other ops raised NotImplementedError from the dispatch)."""
+    for name, call in _half_calls(getattr(torch.ops, namespace), dtype):
+        with pytest.raises(TypeError, match=rf"{name} has dtype .*take float32 or float64"):
+            call()
