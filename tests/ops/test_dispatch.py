@@ -6,6 +6,7 @@ per-thread-buffer fallback. A focused subset, not the whole op suite per path.""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -234,3 +235,19 @@ def test_benchmark_runs_every_path(tmp_path):
     assert labels == {"MONAI", *(f"ours ({p})" for p in SUPPORTED)}
     assert all(r["busy_over_idle"] > 0 for r in rows if r["impl"] != "MONAI")
     assert "OMP_WAIT_POLICY=PASSIVE" in got.stdout and "finite checks=True" in got.stdout
+
+
+@pytest.mark.skipif("avx2" not in SUPPORTED, reason="the bound kernels need AVX2 + FMA")
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="needs a C++ compiler")
+def test_step_bounds_runs():
+    """The lower-bound command of benchmarks/RESULTS.md, tiny: it builds the
+    bound kernels, prints our step on each path and every bound, and exits
+    non-zero if its trilinear kernel's step is off the reference."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "step_bounds.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    cmd = [sys.executable, script, "--size", "20", "22", "21", "--rounds", "1", "--repeats", "1"]
+    got = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert got.returncode == 0, got.stderr
+    kernels = [line.split("|")[2].strip() for line in got.stdout.splitlines() if line.startswith("| 1 |")]
+    paths = [p for p in ("avx2", "avx512") if p in SUPPORTED]
+    assert kernels == [f"ours ({p})" for p in paths] + ["setup", "half", "loads", "trilinear"]
