@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from opsutil import assert_rel_close, avoid_ties, gen, randn
+from opsutil import assert_rel_close, avoid_ties, gen, randn, weighted_grads
 
 import gemini_ops
 
@@ -36,12 +36,6 @@ def leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_(True)
 
 
-def grads(out: torch.Tensor, inputs, seed: int):
-    """Gradients of ``sum(out * w)`` for a random weight ``w``."""
-    weight = randn(out.shape, out.dtype, seed)
-    return torch.autograd.grad((out * weight).sum(), inputs, allow_unused=True)
-
-
 def compare(ours_fn, theirs_fn, inputs, seed, dtype=F64, what="", grad_of=None, factor=1.0):
     """Forward and gradients (w.r.t. the inputs flagged in ``grad_of``) agree."""
     grad_of = grad_of or [True] * len(inputs)
@@ -50,8 +44,8 @@ def compare(ours_fn, theirs_fn, inputs, seed, dtype=F64, what="", grad_of=None, 
     assert out_m.dtype == out_t.dtype, what
     assert_rel_close(out_m, out_t, dtype, floor=1.0, factor=factor, what=f"{what} forward")
     wanted = [i for i, g in enumerate(grad_of) if g]
-    g_m = grads(out_m, [mine[i] for i in wanted], seed)
-    g_t = grads(out_t, [theirs[i] for i in wanted], seed)
+    g_m = weighted_grads(out_m, [mine[i] for i in wanted], seed)
+    g_t = weighted_grads(out_t, [theirs[i] for i in wanted], seed)
     for i, a, b in zip(wanted, g_m, g_t):
         a = torch.zeros_like(inputs[i]) if a is None else a
         b = torch.zeros_like(inputs[i]) if b is None else b

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from opsutil import BACKENDS, DTYPES, RTOL, avoid_ties, rel_error
+from opsutil import BACKENDS, DTYPES, RTOL, avoid_ties, rel_error, weighted_grads
 
 import gemini_ops
 from gemini_ops import reference
@@ -79,12 +79,6 @@ def _rand(shape, dtype, gen, scale=1.0):
     return (torch.randn(shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
 
 
-def _grads(out, inputs, seed):
-    """Gradients of <out, w> for a random w (the same for every dtype)."""
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
-    return torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
-
-
 def _compare(ours, oracle, dtype, seed, names, floors=None):
     """``ours``: (value, grads) of the op under test. ``oracle(dt)``: (value,
     grads) of the oracle run in dtype ``dt`` on the same (rounded) inputs.
@@ -127,7 +121,7 @@ def test_fuzz_warp(vol, mode, padding_mode, backend, scale, data):
     ddf = avoid_ties(_rand((batch, ndim, *spatial), torch.float64, gen, scale)).to(dtype)
     x = [data.draw(strided(t)).requires_grad_() for t in (image, ddf)]
     out = gemini_ops.warp(*x, mode, padding_mode, backend=backend)
-    g = _grads(out, x, seed)
+    g = weighted_grads(out, x, seed)
     if mode == "nearest":  # piecewise constant in ddf
         assert torch.count_nonzero(g[1]) == 0
     n = 3 if mode == "bilinear" else 2
@@ -135,7 +129,7 @@ def test_fuzz_warp(vol, mode, padding_mode, backend, scale, data):
     def oracle(dt):
         y = [t.to(dt).requires_grad_() for t in (image, ddf)]
         ref = warp_oracle(*y, mode, padding_mode)
-        return ref, _grads(ref, y, seed)[: n - 1]
+        return ref, weighted_grads(ref, y, seed)[: n - 1]
 
     # an exact 0 (border padding on a size-1 axis: a difference of equal values) may come
     # out of grid_sample as 1e-16: the scale of one term |dI/dx * w| is about max |image|
@@ -160,9 +154,9 @@ def test_fuzz_integrate(vol, steps, padding_mode, backend, data):
     def oracle(dt):
         y = velocity.to(dt).requires_grad_()
         ref = integrate_oracle(y, steps, padding_mode)
-        return ref, _grads(ref, (y,), seed)
+        return ref, weighted_grads(ref, (y,), seed)
 
-    _compare((out, _grads(out, (v,), seed)), oracle, dtype, seed, ["integrate", "d/d velocity"])
+    _compare((out, weighted_grads(out, (v,), seed)), oracle, dtype, seed, ["integrate", "d/d velocity"])
 
 
 @given(
@@ -194,7 +188,7 @@ def test_fuzz_gss(vol, with_mask, reduction, backend, data):
         else:
             cos = F.cosine_similarity(warped, y[1], dim=1, eps=1e-8).unsqueeze(1)
         ref = reduce(cos, weight)
-        return ref, _grads(ref, y, seed)
+        return ref, weighted_grads(ref, y, seed)
 
     # a cosine and a mean of cosines are O(1), however small the largest one (one
     # voxel in the mask with cosine 0.0031 made float32 rounding 2.5e-5 of it); the
@@ -203,7 +197,7 @@ def test_fuzz_gss(vol, with_mask, reduction, backend, data):
     floors = [1.0]
     floors += [t.abs().max().item() for t in oracle(torch.float64, numerator_only=True)[1]]
     names = ["gss", "d/d feat_moving", "d/d feat_fixed", "d/d ddf"]
-    _compare((out, _grads(out, x, seed)), oracle, dtype, seed, names, floors)
+    _compare((out, weighted_grads(out, x, seed)), oracle, dtype, seed, names, floors)
 
 
 @given(
@@ -225,12 +219,12 @@ def test_fuzz_local_ncc(vol, window, squared, backend, data):
     def oracle(dt, numerator_only=False):
         y = [t.to(dt).requires_grad_() for t in (a, b)]
         ref = _ncc_map(*y, window, squared, numerator_only)
-        return ref, _grads(ref, y, seed)
+        return ref, weighted_grads(ref, y, seed)
 
     # a correlation is O(1); the quotient rule's terms cancel (a window holding one voxel
     # and zero padding correlates perfectly): the gradients' rounding scales with the numerator's
     floors = [1.0] + [t.abs().max().item() for t in oracle(torch.float64, numerator_only=True)[1]]
-    ours = (out, _grads(out, x, seed) if n > 1 else ())
+    ours = (out, weighted_grads(out, x, seed) if n > 1 else ())
     _compare(ours, oracle, dtype, seed, ["ncc", "d/d a", "d/d b"][:n], floors[:n])
 
 

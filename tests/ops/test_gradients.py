@@ -17,6 +17,7 @@ from opsutil import (
     randn,
     random_ddf,
     spatial_shape,
+    weighted_grads,
 )
 
 import gemini_ops
@@ -34,12 +35,6 @@ def leaf(t: torch.Tensor, kind: str = "contiguous") -> torch.Tensor:
     return layout(t.detach(), kind).requires_grad_(True)
 
 
-def grads(out: torch.Tensor, inputs, seed: int):
-    """Gradients of <out, w> for a random upstream gradient w."""
-    w = randn(out.shape, torch.float64, seed).to(out.dtype) if out.dim() else torch.tensor(1.7, dtype=out.dtype)
-    return torch.autograd.grad((out * w).sum(), inputs, allow_unused=True)
-
-
 # ---------------------------------------------------------------- vs reference
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
@@ -52,9 +47,9 @@ def test_warp_grads_match_reference(backend, dtype, mode, padding_mode, case):
     image = randn((batch, 2, *spatial), dtype, seed)
     ddf = random_ddf(batch, ndim, spatial, dtype, seed + 1, scale=2.0)
     i1, d1 = leaf(image, kind), leaf(ddf, kind)
-    g = grads(gemini_ops.warp(i1, d1, mode, padding_mode, backend=backend), (i1, d1), seed)
+    g = weighted_grads(gemini_ops.warp(i1, d1, mode, padding_mode, backend=backend), (i1, d1), seed)
     i2, d2 = leaf(image), leaf(ddf)
-    r = grads(reference.warp(i2, d2, mode, padding_mode), (i2, d2), seed)
+    r = weighted_grads(reference.warp(i2, d2, mode, padding_mode), (i2, d2), seed)
     assert_rel_close(g[0], r[0], dtype, what="d/d image")
     if mode == "nearest":  # piecewise constant in ddf: a zero gradient, not None
         assert g[1] is not None and torch.count_nonzero(g[1]) == 0
@@ -72,8 +67,8 @@ def test_integrate_grads_match_reference(backend, dtype, steps, case):
     velocity = randn((batch, ndim, *spatial), dtype, seed + steps, scale=2.0)
     for padding_mode in ("zeros", "border"):
         v1, v2 = leaf(velocity, kind), leaf(velocity)
-        (g,) = grads(gemini_ops.integrate_velocity(v1, steps, padding_mode, backend=backend), (v1,), seed)
-        (r,) = grads(reference.integrate_velocity(v2, steps, padding_mode), (v2,), seed)
+        (g,) = weighted_grads(gemini_ops.integrate_velocity(v1, steps, padding_mode, backend=backend), (v1,), seed)
+        (r,) = weighted_grads(reference.integrate_velocity(v2, steps, padding_mode), (v2,), seed)
         assert_rel_close(g, r, dtype, what=f"d/d velocity steps={steps} {padding_mode}")
 
 
@@ -119,7 +114,7 @@ def test_gss_grads_match_reference(backend, dtype, with_mask, reduction, case):
     for scales in [(1.0, 1.0, 1.0), (0.1, 2.5, 0.7)]:
         x1 = [leaf(t, kind) for t in (fm, ff, ddf)]
         out = gemini_ops.gss_similarity(*x1, m, reduction, grad_scales=scales, backend=backend)
-        g = grads(out, x1, seed)
+        g = weighted_grads(out, x1, seed)
         # a float64 oracle. The cosine's gradient subtracts nearly parallel
         # vectors (f/|f| - cos w/|w|) and the ddf gradient multiplies that by
         # differences of neighbouring values: float32 kernels land at ~1.05e-5
@@ -128,7 +123,7 @@ def test_gss_grads_match_reference(backend, dtype, with_mask, reduction, case):
         cos = reference.gss_map(*x2)
         weight = mask.double() if with_mask else reference.sample_mask(x2[2])
         ref = cos * weight if reduction == "none" else (cos * weight).sum() / weight.sum()
-        r = grads(ref, x2, seed)
+        r = weighted_grads(ref, x2, seed)
         for name, gi, ri, s in zip(("feat_moving", "feat_fixed", "ddf"), g, r, scales):
             factor = 2.0 if dtype == torch.float32 else 1.0
             assert_rel_close(gi, (s * ri).to(dtype), dtype, factor=factor, what=f"d/d {name}, scale {s}")
@@ -145,12 +140,12 @@ def test_gss_grad_scales_scale_gradients(backend, dtype, case):
     inputs.append(random_ddf(batch, ndim, spatial, dtype, seed + 2, scale=1.0))
     x = [leaf(t) for t in inputs]
     base_value = gemini_ops.gss_similarity(*x, backend=backend)
-    base = grads(base_value, x, seed)
+    base = weighted_grads(base_value, x, seed)
     for scales in [(0.1, 0.1, 1.0), (0.0, 3.0, 0.5), (2.0, 0.0, 0.0)]:
         x = [leaf(t) for t in inputs]
         value = gemini_ops.gss_similarity(*x, grad_scales=scales, backend=backend)
         assert_rel_close(value, base_value, dtype, floor=1.0, what="value")
-        g = grads(value, x, seed)
+        g = weighted_grads(value, x, seed)
         for gi, bi, s in zip(g, base, scales):
             assert gi is not None
             assert_rel_close(gi, s * bi, dtype, floor=1e-3 * bi.abs().max().item(), what=f"scale {s}")
@@ -168,11 +163,11 @@ def test_local_ncc_grads_match_reference(backend, dtype, window, squared, case):
     a, b, mask = ncc_inputs(batch, spatial, dtype, seed)
     for m in (None, mask):
         x1 = [leaf(a, kind), leaf(b, kind)]
-        g = grads(gemini_ops.local_ncc(*x1, window, m, squared, backend=backend), x1, seed)
+        g = weighted_grads(gemini_ops.local_ncc(*x1, window, m, squared, backend=backend), x1, seed)
         x2 = [leaf(a), leaf(b)]
         cc = reference.local_ncc_map(*x2, window, squared, 1e-5)
         ref = cc.mean() if m is None else (cc * m).sum() / m.expand_as(cc).sum()
-        r = grads(ref, x2, seed)
+        r = weighted_grads(ref, x2, seed)
         if window == 1:  # the map is identically 0 (up to rounding), and so is its gradient
             scale = 1.0 / a.numel()  # the gradient's scale for an O(1) per-voxel map
             for gi in g:
@@ -288,19 +283,19 @@ def test_gradient_to_one_input_only(backend):
     gradient when both are requested."""
     shape = GC_SHAPES[3]
     image, ddf = randn(shape, torch.float64, 1), random_ddf(1, 3, shape[2:], torch.float64, 2, 1.5)
-    both = grads(gemini_ops.warp(leaf(image), d := leaf(ddf), backend=backend), (d,), 3)
-    only = grads(gemini_ops.warp(image, d2 := leaf(ddf), backend=backend), (d2,), 3)
+    both = weighted_grads(gemini_ops.warp(leaf(image), d := leaf(ddf), backend=backend), (d,), 3)
+    only = weighted_grads(gemini_ops.warp(image, d2 := leaf(ddf), backend=backend), (d2,), 3)
     assert_rel_close(only[0], both[0], torch.float64, what="ddf only")
     a, b = randn(shape, torch.float64, 4), randn(shape, torch.float64, 5)
-    ga = grads(gemini_ops.local_ncc(la := leaf(a), b, 3, backend=backend), (la,), 6)[0]
-    gab = grads(gemini_ops.local_ncc(la2 := leaf(a), leaf(b), 3, backend=backend), (la2,), 6)[0]
+    ga = weighted_grads(gemini_ops.local_ncc(la := leaf(a), b, 3, backend=backend), (la,), 6)[0]
+    gab = weighted_grads(gemini_ops.local_ncc(la2 := leaf(a), leaf(b), 3, backend=backend), (la2,), 6)[0]
     assert_rel_close(ga, gab, torch.float64, what="a only")
     fm, ff = randn(shape, torch.float64, 7), randn(shape, torch.float64, 8)
-    gd = grads(gemini_ops.gss_similarity(fm, ff, d3 := leaf(ddf), backend=backend), (d3,), 9)[0]
-    gref = grads(gemini_ops.gss_similarity(fm, ff, d4 := leaf(ddf), backend="reference"), (d4,), 9)[0]
+    gd = weighted_grads(gemini_ops.gss_similarity(fm, ff, d3 := leaf(ddf), backend=backend), (d3,), 9)[0]
+    gref = weighted_grads(gemini_ops.gss_similarity(fm, ff, d4 := leaf(ddf), backend="reference"), (d4,), 9)[0]
     assert_rel_close(gd, gref, torch.float64, what="gss ddf only")
-    gb = grads(gemini_ops.local_ncc(a, lb := leaf(b), 3, backend=backend), (lb,), 6)[0]
-    gab = grads(gemini_ops.local_ncc(leaf(a), lb2 := leaf(b), 3, backend=backend), (lb2,), 6)[0]
+    gb = weighted_grads(gemini_ops.local_ncc(a, lb := leaf(b), 3, backend=backend), (lb,), 6)[0]
+    gab = weighted_grads(gemini_ops.local_ncc(leaf(a), lb2 := leaf(b), 3, backend=backend), (lb2,), 6)[0]
     assert_rel_close(gb, gab, torch.float64, what="b only")
 
 
@@ -334,8 +329,8 @@ def test_gss_gradient_subsets(backend, channels, dtype, wanted):
     refs = [t.detach().double().requires_grad_(t.requires_grad) for t in args]
     out = gemini_ops.gss_similarity(*args, reduction="none", backend=backend)
     ref = reference.gss_map(*refs) * reference.sample_mask(refs[2])
-    got = grads(out, [t for t in args if t.requires_grad], 43)
-    want = grads(ref, [t for t in refs if t.requires_grad], 43)
+    got = weighted_grads(out, [t for t in args if t.requires_grad], 43)
+    want = weighted_grads(ref, [t for t in refs if t.requires_grad], 43)
     for g, r in zip(got, want):
         assert_rel_close(g, r, dtype, factor=10.0, what=f"gss {wanted}")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from opsutil import assert_rel_close, avoid_ties, randn, smooth_field
+from opsutil import assert_rel_close, avoid_ties, randn, smooth_field, weighted_grads
 
 import gemini_ops
 from gemini_ops import reference
@@ -22,11 +22,6 @@ def four_threads():
     torch.set_num_threads(4)
     yield
     torch.set_num_threads(before)
-
-
-def _grads(out, inputs, seed):
-    w = randn(out.shape, torch.float64, seed) if out.dim() else torch.tensor(1.3, dtype=torch.float64)
-    return torch.autograd.grad((out * w).sum(), inputs)
 
 
 def _close(a, b):
@@ -45,7 +40,7 @@ def test_warp_parallel_paths(channels, threads, four_threads):
         out = gemini_ops.warp(image, ddf, mode)
         ref = reference.warp(image, ddf, mode)
         _close(out, ref)
-        for g, r in zip(_grads(out, (image, ddf), 3), _grads(ref, (image, ddf), 3)):
+        for g, r in zip(weighted_grads(out, (image, ddf), 3), weighted_grads(ref, (image, ddf), 3)):
             _close(g, r)
 
 
@@ -56,7 +51,7 @@ def test_integrate_parallel_paths(threads, four_threads):
     out = gemini_ops.integrate_velocity(v, 7)
     ref = reference.integrate_velocity(v, 7)
     _close(out, ref)
-    _close(_grads(out, (v,), 4)[0], _grads(ref, (v,), 4)[0])
+    _close(weighted_grads(out, (v,), 4)[0], weighted_grads(ref, (v,), 4)[0])
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -94,7 +89,7 @@ def test_gss_parallel_paths(channels, four_threads):
     out = gemini_ops.gss_similarity(fm, ff, ddf, reduction="none")
     ref = reference.gss_map(fm, ff, ddf) * reference.sample_mask(ddf)
     _close(out, ref)
-    for g, r in zip(_grads(out, (fm, ff, ddf), 5), _grads(ref, (fm, ff, ddf), 5)):
+    for g, r in zip(weighted_grads(out, (fm, ff, ddf), 5), weighted_grads(ref, (fm, ff, ddf), 5)):
         _close(g, r)
     # the masked mean, summed by the op row by row: the reference's, and the
     # same bits on 1 and 3 threads (the rows' sums are added in row order)
@@ -107,7 +102,7 @@ def test_gss_parallel_paths(channels, four_threads):
         mean = gemini_ops.gss_similarity(fm, ff, ddf)
         assert mean.dim() == 0
         _close(mean, ref_mean)
-        for g, r in zip(_grads(mean, (fm, ff, ddf), 7), _grads(ref_mean, (fm, ff, ddf), 7)):
+        for g, r in zip(weighted_grads(mean, (fm, ff, ddf), 7), weighted_grads(ref_mean, (fm, ff, ddf), 7)):
             _close(g, r)
         means.append(mean.detach())
     assert means[0].item() == means[1].item()
@@ -120,7 +115,7 @@ def test_local_ncc_parallel_paths(four_threads):
     out = gemini_ops.local_ncc(a, b, 9, reduction="none")
     ref = reference.local_ncc_map(a, b, 9)
     _close(out, ref)
-    for g, r in zip(_grads(out, (a, b), 6), _grads(ref, (a, b), 6)):
+    for g, r in zip(weighted_grads(out, (a, b), 6), weighted_grads(ref, (a, b), 6)):
         _close(g, r)
 
 
@@ -137,7 +132,7 @@ def test_local_ncc_column_tiles(channels, threads, four_threads):
         out = gemini_ops.local_ncc(a, b, window, reduction="none")
         ref = reference.local_ncc_map(a, b, window)
         _close(out, ref)
-        for g, r in zip(_grads(out, (a, b), 7), _grads(ref, (a, b), 7)):
+        for g, r in zip(weighted_grads(out, (a, b), 7), weighted_grads(ref, (a, b), 7)):
             _close(g, r)
         _check_mean(a, b, window)
 
@@ -147,7 +142,7 @@ def _check_mean(a, b, window):
     mean, ref = gemini_ops.local_ncc(a, b, window), reference.local_ncc_map(a, b, window).mean()
     assert mean.dim() == 0
     _close(mean, ref)
-    for g, r in zip(_grads(mean, (a, b), 9), _grads(ref, (a, b), 9)):
+    for g, r in zip(weighted_grads(mean, (a, b), 9), weighted_grads(ref, (a, b), 9)):
         _close(g, r)
 
 
@@ -165,12 +160,12 @@ def test_local_ncc_plane_slabs(spatial, threads, four_threads):
     b = randn((1, 1, *spatial), torch.float64, 13).requires_grad_()
     for window in (5, 9):
         ref = reference.local_ncc_map(a, b, window)
-        ref_grads = _grads(ref, (a, b), 8)
+        ref_grads = weighted_grads(ref, (a, b), 8)
         for t in (1, threads):
             torch.set_num_threads(t)
             out = gemini_ops.local_ncc(a, b, window, reduction="none")
             _close(out, ref)
-            for g, r in zip(_grads(out, (a, b), 8), ref_grads):
+            for g, r in zip(weighted_grads(out, (a, b), 8), ref_grads):
                 _close(g, r)
             _check_mean(a, b, window)
 
