@@ -6,7 +6,7 @@ its design and the memory floor, side by side in rounds.
 The issue's target is a step within 4x of the memory floor (``bench_ops.py
 --cases step``). This asks how close the design of our kernels can get: it
 compiles ``benchmarks/step_bounds.cpp`` (AVX2 + FMA, no torch) and times
-three stripped steps on the same levels as our integration's marginal steps
+four stripped steps on the same levels as our integration's marginal steps
 (u_1 ... u_6 of ``integrate_velocity(v, 7)``, v the benchmark's smooth
 velocity): ``setup`` (sample points, offsets, fractions and one store a
 voxel), ``half`` (plus 2 row loads, what a layout of twice the bytes would
