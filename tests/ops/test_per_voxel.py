@@ -92,11 +92,10 @@ def test_gss(per_voxel, threads, ndim, dtype, channels):
 
 
 @pytest.mark.parametrize("wanted", ["ddf", "ddf+fixed", "ddf+moving", "moving", "fixed"])
-def test_gss_gradient_subsets(per_voxel, wanted):
+def test_gss_gradient_subsets(per_voxel, threads, wanted):
     """Only the gradients asked for are computed (no moving-feature
     scatter without its gradient); one voxel's fixed features are all zero,
     where the cosine's gradient takes its eps branch."""
-    torch.set_num_threads(2)
     spatial = SHAPES[3]
     ddf = avoid_ties(randn((1, 3, *spatial), torch.float64, 9, 2.0))
     fm, ff = randn((1, 4, *spatial), torch.float64, 10), randn((1, 4, *spatial), torch.float64, 11)
